@@ -1,0 +1,25 @@
+"""Exceptions raised by p8utils.
+
+Every message names the parameter, the bad value and the fix, so that a user
+reading a failed papermill run or an EMR step log knows what to change.
+"""
+
+from __future__ import annotations
+
+__all__ = ["P8UtilsError", "ParameterError", "WeightsUnavailableError", "OutputExistsError"]
+
+
+class P8UtilsError(Exception):
+    """Base class of every error raised on purpose by p8utils."""
+
+
+class ParameterError(P8UtilsError, ValueError):
+    """A parameter is wrong; raised before any Spark job starts."""
+
+
+class WeightsUnavailableError(P8UtilsError, RuntimeError):
+    """Model weights could not be obtained (no network, missing file, bad file)."""
+
+
+class OutputExistsError(ParameterError):
+    """The output location already holds a run and the mode forbids replacing it."""

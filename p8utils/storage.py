@@ -1,0 +1,154 @@
+"""Small file operations on local paths and Hadoop URIs (``s3://``, ``hdfs://``).
+
+Local paths are handled with the standard library (no Spark needed, so
+parameters can be checked before any JVM starts). Other URIs go through the
+Hadoop ``FileSystem`` of the session's JVM: on EMR that is EMRFS for ``s3://``.
+These are driver-side metadata calls, not Spark jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+__all__ = [
+    "is_local",
+    "local_path",
+    "join",
+    "exists",
+    "read_bytes",
+    "write_bytes",
+    "delete",
+    "rename",
+    "iter_files",
+]
+
+
+def is_local(uri: str) -> bool:
+    """Tell whether ``uri`` is a local path (no scheme, or ``file:``)."""
+    scheme = urlparse(str(uri)).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
+
+
+def local_path(uri: str) -> Path:
+    """Return the absolute local :class:`~pathlib.Path` of a local ``uri``.
+
+    Spark prints local paths as Hadoop ``Path`` strings, *not* percent-encoded:
+    ``file:/a/Apple Red 1/x.jpg`` gives ``/a/Apple Red 1/x.jpg``, and a folder
+    literally named ``a%20b`` stays ``a%20b``. ``file:///a`` gives ``/a``.
+    """
+    uri = str(uri)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif uri.startswith("file:"):
+        uri = uri[len("file:"):]
+    return Path(uri).expanduser().absolute()
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path segments onto a local path or a URI with ``/``."""
+    base = str(base)
+    if is_local(base) and not base.startswith("file:"):
+        return str(Path(base).joinpath(*parts))
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def _hadoop_fs(spark: SparkSession, uri: str):  # noqa: ANN202 - py4j objects
+    """Return ``(FileSystem, Path)`` JVM objects for ``uri``."""
+    if spark is None:
+        raise ValueError(f"a SparkSession is needed to access {uri!r}")
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def exists(uri: str, spark: Optional[SparkSession] = None) -> bool:
+    """Tell whether a file or folder exists at ``uri``."""
+    if is_local(uri):
+        return local_path(uri).exists()
+    fs, path = _hadoop_fs(spark, uri)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str, spark: Optional[SparkSession] = None) -> bytes:
+    """Read a whole file (driver side; for small files such as manifests or weights)."""
+    if is_local(uri):
+        return local_path(uri).read_bytes()
+    fs, path = _hadoop_fs(spark, uri)
+    stream = fs.open(path)
+    try:
+        # py4j hands a Java byte[] return value over as Python bytes in one piece.
+        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def write_bytes(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> None:
+    """Write ``data`` to ``uri``, replacing it; parent folders are created.
+
+    Local files are written to a temporary name then renamed, so a reader never
+    sees half a file.
+    """
+    if is_local(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return
+    fs, path = _hadoop_fs(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def delete(uri: str, spark: Optional[SparkSession] = None) -> None:
+    """Delete a file or a folder tree at ``uri`` (no error when absent)."""
+    if is_local(uri):
+        target = local_path(uri)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        return
+    fs, path = _hadoop_fs(spark, uri)
+    fs.delete(path, True)
+
+
+def rename(src: str, dst: str, spark: Optional[SparkSession] = None) -> None:
+    """Move ``src`` to ``dst`` (``dst`` must not exist)."""
+    if is_local(src) and is_local(dst):
+        os.replace(local_path(src), local_path(dst))
+        return
+    fs, src_path = _hadoop_fs(spark, src)
+    _, dst_path = _hadoop_fs(spark, dst)
+    if not fs.rename(src_path, dst_path):
+        raise OSError(f"could not rename {src} to {dst}")
+
+
+def iter_files(uri: str, spark: Optional[SparkSession] = None) -> Iterator[str]:
+    """Yield every file below ``uri``, recursively (lazily; stops when you stop).
+
+    Local files are yielded as absolute paths, others as full URIs.
+    """
+    if is_local(uri):
+        root = local_path(uri)
+        if root.is_file():
+            yield str(root)
+            return
+        for dirpath, _dirs, files in os.walk(root):
+            for name in sorted(files):
+                yield os.path.join(dirpath, name)
+        return
+    fs, path = _hadoop_fs(spark, uri)
+    it = fs.listFiles(path, True)
+    while it.hasNext():
+        yield str(it.next().getPath().toString())
