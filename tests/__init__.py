@@ -1,0 +1,1 @@
+"""p8utils test suite."""

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from p8utils.cli import build_parser, main
+
+from .conftest import ROOT, image_files
+
+
+def _run(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "p8utils", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_help_explains_every_option():
+    text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    for opt in ("--input", "--output", "--model", "--weights", "--k", "--variance", "--batch-size",
+                "--engine", "--seed", "--mode", "--extensions", "--max-pixels", "--master"):
+        assert opt in text, opt
+    assert "imagenet" in text and "offline" in text and "auto" in text
+    assert "(default: error)" in text.replace("\n", " ").replace("  ", " ") or "default: error" in text
+
+
+@pytest.mark.slow
+def test_cli_run_end_to_end(tmp_path, sample_dir):
+    out = tmp_path / "cli run"
+    proc = _run("run", "--input", str(sample_dir), "--output", str(out), "--weights", "offline",
+                "--variance", "0.9", "--master", "local[2]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"manifest -> {out}/manifest.json" in proc.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    n = len(image_files(sample_dir))
+    assert m["counts"]["total"] == m["counts"]["ok"] == n
+    assert m["parameters"]["variance"] == 0.9 and m["pca"]["explained_at_k"] >= 0.9
+    assert (out / "features").is_dir() and (out / "pca").is_dir()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--input", "/nonexistent/x"], "does not exist"),
+    (["--k", "5000"], "larger than the feature width"),
+    (["--variance", "2"], "outside (0, 1]"),
+])
+def test_cli_bad_parameters_exit_2_with_message(tmp_path, sample_dir, capsys, args, match):
+    base = {"--input": str(sample_dir), "--output": str(tmp_path / "o")}
+    argv = ["run", "--weights", "offline"]
+    for k, v in base.items():
+        if k not in args:
+            argv += [k, v]
+    assert main(argv + args) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Fix" in err
+
+
+def test_cli_k_and_variance_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--input", "a", "--output", "b", "--k", "3", "--variance", "0.9"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_check_command(sample_dir):
+    img = image_files(sample_dir)[0]
+    proc = _run("check", "--image", str(img), "--weights", "offline")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["width"] == 1280 and out["norm"] > 1.0 and out["error"] is None

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p8utils.errors import ParameterError
+from p8utils.featurize import featurize, featurize_bytes
+from p8utils.images import load_images
+from p8utils.models import build_model, load_weights
+
+from .conftest import image_files
+
+
+def _keras_reference(files, bundle):
+    """Features computed directly with Keras from the files (independent of p8utils' decoding)."""
+    import keras
+
+    model = build_model(bundle.spec, bundle.arrays)
+    batch = np.stack([
+        keras.utils.img_to_array(keras.utils.load_img(str(f), target_size=(224, 224), interpolation="bicubic"))
+        for f in files
+    ])
+    return model.predict(keras.applications.mobilenet_v2.preprocess_input(batch), batch_size=32, verbose=0)
+
+
+def _rel_err(a, b):
+    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_spark_features_equal_direct_keras(spark, sample_dir, offline_bundle):
+    files = image_files(sample_dir)
+    df = featurize(load_images(spark, str(sample_dir)), offline_bundle, batch_size=16)
+    assert df.columns == ["path", "label", "modificationTime", "length", "features", "error"]
+    rows = {r.path.replace("file:", ""): r for r in df.select("path", "features", "error").collect()}
+    assert len(rows) == len(files)
+    got = np.array([rows[str(f)].features for f in files], dtype=np.float32)
+    assert all(rows[str(f)].error is None for f in files)
+    assert got.shape == (len(files), 1280)
+    ref = _keras_reference(files, offline_bundle)
+    # Not a trivially small signal: an untrained net would give ~1e-12.
+    assert np.abs(ref).mean() > 0.05 and ref.std(axis=0).mean() > 1e-3
+    assert _rel_err(got, ref).max() <= 1e-5
+
+
+def test_bad_file_gives_error_row_not_failure(spark, tmp_path, sample_dir, offline_bundle):
+    good = image_files(sample_dir)[:3]
+    cls = tmp_path / "Mixed Class"
+    cls.mkdir()
+    for i, f in enumerate(good):
+        (cls / f"g{i}.jpg").write_bytes(f.read_bytes())
+    (cls / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (cls / "empty.jpg").write_bytes(b"")
+    rows = featurize(load_images(spark, str(tmp_path)), offline_bundle).collect()
+    by_name = {r.path.rsplit("/", 1)[-1]: r for r in rows}
+    assert len(rows) == 5
+    assert by_name["broken.jpg"].features is None and by_name["broken.jpg"].error == "not_an_image"
+    assert by_name["empty.jpg"].features is None and by_name["empty.jpg"].error == "empty"
+    clean = featurize_bytes([f.read_bytes() for f in good], offline_bundle)
+    for i in range(3):
+        got = np.asarray(by_name[f"g{i}.jpg"].features, np.float32)
+        assert by_name[f"g{i}.jpg"].error is None
+        np.testing.assert_allclose(got, clean.features[i], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_size_does_not_change_features(sample_dir, offline_bundle):
+    data = [f.read_bytes() for f in image_files(sample_dir)[:9]]
+    a = np.stack(featurize_bytes(data, offline_bundle, batch_size=4).features)
+    b = np.stack(featurize_bytes(data, offline_bundle, batch_size=64).features)
+    assert _rel_err(a, b).max() <= 1e-5
+
+
+def test_resnet50_width(spark, sample_dir):
+    bundle = load_weights("resnet50", "offline", seed=0)
+    files = image_files(sample_dir)[:4]
+    feats = featurize_bytes([f.read_bytes() for f in files], bundle)
+    assert all(len(v) == 2048 for v in feats.features)
+    assert np.abs(np.stack(feats.features)).mean() > 0.01
+
+
+def test_resnet50_through_spark(spark, tmp_path, sample_dir):
+    bundle = load_weights("resnet50", "offline", seed=0)
+    (tmp_path / "A B").mkdir()
+    for f in image_files(sample_dir)[:3]:
+        (tmp_path / "A B" / f.name).write_bytes(f.read_bytes())
+    rows = featurize(load_images(spark, str(tmp_path)), bundle).collect()
+    assert len(rows) == 3 and all(len(r.features) == 2048 for r in rows)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"),
+    ({"engine": "onnx"}, "engine"), ({"threads": 0}, "threads"),
+])
+def test_featurize_rejects_bad_parameters(spark, sample_dir, offline_bundle, kw, match):
+    with pytest.raises(ParameterError, match=match):
+        featurize(load_images(spark, str(sample_dir)), offline_bundle, **kw)

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.decomposition import PCA as SkPCA
+
+from p8utils import pipeline
+from p8utils.errors import OutputExistsError, ParameterError
+
+from .conftest import image_files
+
+
+def _read(path):
+    return pd.read_parquet(path).sort_values("path").reset_index(drop=True)
+
+
+def test_outputs_one_row_per_input_file(sample_run, sample_dir):
+    files = image_files(sample_dir)
+    feats = _read(sample_run.features_path)
+    assert list(feats.columns) == ["path", "label", "features", "error"]
+    assert sorted(p.replace("file:", "") for p in feats.path) == sorted(str(f) for f in files)
+    assert feats.path.is_unique
+    assert list(feats.label) == [p.rsplit("/", 2)[-2] for p in feats.path]
+    assert feats.error.isna().all()
+    assert {len(v) for v in feats.features} == {1280}
+    assert feats.features.iloc[0].dtype == np.float32
+
+    pca = _read(sample_run.pca_path)
+    assert list(pca.columns) == ["path", "label", "pca_features"]
+    assert list(pca.path) == list(feats.path)
+    assert {len(v) for v in pca.pca_features} == {sample_run.pca.k}
+
+
+def test_pca_output_matches_sklearn(sample_run):
+    feats = _read(sample_run.features_path)
+    x = np.stack(feats.features).astype(np.float64)
+    sk = SkPCA(svd_solver="full").fit(x)
+    ev = sample_run.pca.explained_variance
+    np.testing.assert_allclose(ev[: len(sk.explained_variance_ratio_)], sk.explained_variance_ratio_,
+                               rtol=1e-6, atol=1e-12)
+    k = sample_run.pca.k
+    assert k == int(np.argmax(np.cumsum(sk.explained_variance_ratio_) >= 0.95)) + 1
+    got = np.stack(_read(sample_run.pca_path).pca_features)
+    ref = sk.transform(x)[:, :k]
+    # components whose eigenvalue is isolated are defined up to sign: compare those
+    ratios = sk.explained_variance_ratio_
+    gaps = np.minimum(np.abs(np.diff(ratios, prepend=np.inf)), np.abs(np.diff(ratios, append=0)))[:k]
+    keep = gaps > 1e-3 * ratios[0]
+    assert keep[:5].all()
+    got, ref = got[:, keep], ref[:, keep]
+    got = got * np.sign(np.sum(got * ref, axis=0))
+    rel = np.linalg.norm(got - ref, axis=0) / np.linalg.norm(ref, axis=0)
+    assert rel.max() <= 1e-6, rel
+
+
+def test_manifest(sample_run, sample_dir):
+    m = json.loads(open(sample_run.manifest_path, encoding="utf-8").read())
+    assert m == sample_run.manifest
+    n = len(image_files(sample_dir))
+    assert m["status"] == "complete"
+    assert m["counts"] == {"total": n, "ok": n, "failed": 0, "failed_by_reason": {}}
+    assert m["pca"]["k"] == sample_run.pca.k and m["pca"]["explained_at_k"] >= 0.95
+    assert len(m["pca"]["explained_variance"]) == 1280
+    assert m["weights"]["source"] == "offline" and len(m["weights"]["sha256"]) == 64
+    assert set(m["timings_s"]) == {"weights", "list_images", "featurize", "count", "pca_fit", "pca_transform"}
+    for lib in ("pyspark", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "pillow", "python"):
+        assert m["versions"][lib], lib
+    assert m["parameters"]["model"] == "mobilenet_v2" and m["parameters"]["variance"] == 0.95
+
+
+def test_same_result_twice_and_overwrite(spark, sample_run, sample_dir, tmp_path):
+    out = tmp_path / "again"
+    first = pipeline.run(str(sample_dir), str(out), weights="offline", k=5, spark=spark)
+    with pytest.raises(OutputExistsError, match="mode='overwrite'"):
+        pipeline.run(str(sample_dir), str(out), weights="offline", k=5, spark=spark)
+    second = pipeline.run(str(sample_dir), str(out), weights="offline", k=5, mode="overwrite", spark=spark)
+    assert first.manifest["weights"]["sha256"] == second.manifest["weights"]["sha256"]
+    a = np.stack(_read(sample_run.features_path).features)
+    b = np.stack(_read(second.features_path).features)
+    assert np.array_equal(a, b), "same seed, same input: identical features"
+    pa, pb = np.stack(_read(first.pca_path).pca_features), np.stack(_read(second.pca_path).pca_features)
+    np.testing.assert_allclose(np.abs(pa), np.abs(pb), rtol=1e-9, atol=1e-9)
+    assert pa.shape[1] == 5
+
+
+def test_bad_file_counted_by_reason(spark, sample_dir, tmp_path):
+    src = tmp_path / "in"
+    for f in image_files(sample_dir)[:6]:
+        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (src / f.parent.name / f.name).write_bytes(f.read_bytes())
+    (src / "Broken").mkdir()
+    (src / "Broken" / "text.jpg").write_text("hello")
+    (src / "Broken" / "zero.jpg").write_bytes(b"")
+    res = pipeline.run(str(src), str(tmp_path / "out"), weights="offline", k=2, spark=spark)
+    assert res.manifest["counts"] == {"total": 8, "ok": 6, "failed": 2,
+                                      "failed_by_reason": {"empty": 1, "not_an_image": 1}}
+    feats = _read(res.features_path)
+    assert feats.loc[feats.error.notna(), "features"].isna().all()
+    assert len(_read(res.pca_path)) == 6
+
+
+@pytest.fixture
+def no_spark(monkeypatch):
+    """Fail the test if anything tries to start Spark."""
+    import p8utils.spark
+
+    def _refuse(*a, **k):
+        raise AssertionError("a Spark session was requested before parameters were checked")
+
+    monkeypatch.setattr(p8utils.spark, "get_spark", _refuse)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"input": "MISSING"}, "does not exist"),
+    ({"input": "EMPTYDIR"}, "holds no image"),
+    ({"k": 2000}, "larger than the feature width 1280"),
+    ({"k": 0}, "positive integer"),
+    ({"variance": 1.5}, r"outside \(0, 1\]"),
+    ({"variance": 0}, r"outside \(0, 1\]"),
+    ({"k": 3, "variance": 0.9}, "give exactly one"),
+    ({"model": "vgg"}, "model='vgg' is not supported"),
+    ({"mode": "append"}, "mode='append' is not valid"),
+    ({"batch_size": -1}, "batch_size"),
+    ({"output": "INSIDE"}, "inside input"),
+])
+def test_bad_parameters_fail_before_spark(no_spark, tmp_path, sample_dir, kwargs, match):
+    (tmp_path / "empty" / "Class A").mkdir(parents=True)
+    args = {"input": str(sample_dir), "output": str(tmp_path / "out"), "weights": "offline"}
+    args.update(kwargs)
+    args["input"] = {"MISSING": str(tmp_path / "missing"), "EMPTYDIR": str(tmp_path / "empty")}.get(
+        args["input"], args["input"])
+    if args["output"] == "INSIDE":
+        args["output"] = str(sample_dir / "run")
+    with pytest.raises(ParameterError, match=match) as info:
+        pipeline.run(args.pop("input"), args.pop("output"), **args)
+    assert "Fix" in str(info.value)
+
+
+def test_existing_output_refused_before_spark(no_spark, tmp_path, sample_dir):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "something").write_text("x")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        pipeline.run(str(sample_dir), str(tmp_path / "out"), weights="offline")
+
+
+@pytest.mark.slow
+def test_real_photos(spark, real_dir, tmp_path):
+    res = pipeline.run(str(real_dir), str(tmp_path / "real"), weights="offline", variance=0.95, spark=spark)
+    files = image_files(real_dir)
+    feats = _read(res.features_path)
+    assert len(feats) == len(files) == res.manifest["counts"]["ok"]
+    assert set(feats.label) == {f.parent.name for f in files}
+    x = np.stack(feats.features)
+    assert 0.1 < x.mean() < 2.0, "offline features are O(1) on real photos"
+    # classes are separated in PCA space: nearest class centroid (leave-one-out) beats chance by far
+    z = np.stack(_read(res.pca_path).pca_features)[:, :10]
+    labels = np.array(_read(res.pca_path).label)
+    correct = 0
+    for i in range(len(z)):
+        mask = np.arange(len(z)) != i
+        cents = {c: z[mask & (labels == c)].mean(axis=0) for c in set(labels)}
+        correct += min(cents, key=lambda c: np.linalg.norm(z[i] - cents[c])) == labels[i]
+    assert correct / len(z) > 3 / len(set(labels))
