@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", default="keras", help="inference engine")
     run.add_argument("--seed", type=int, default=0, help="seed of --weights offline/auto fallback")
     run.add_argument("--mode", default="error", choices=MODES,
-                     help="if --output is not empty: 'error' refuses (safe default), 'overwrite' replaces it")
+                     help="if --output is not empty: 'error' refuses (safe default), 'overwrite' replaces it, "
+                          "'incremental' featurizes only new or changed files (key: path + size + mtime) "
+                          "and refits PCA on the whole table")
     run.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
                      help="comma-separated file extensions that count as images, case-insensitive")
     run.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

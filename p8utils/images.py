@@ -12,6 +12,7 @@ Decoding never raises on bad data: :func:`decode_image` returns either a
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlsplit
@@ -142,18 +143,24 @@ def check_input(
 
 def load_images(
     spark: SparkSession,
-    path: str,
+    path: Optional[str] = None,
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    *,
+    files: Optional[Sequence[str]] = None,
 ) -> DataFrame:
     """List and read the images below ``path`` with Spark's ``binaryFile`` source.
 
     Parameters
     ----------
     spark : SparkSession
-    path : str
+    path : str, optional
         Local folder or Hadoop URI (``s3://bucket/prefix/``), searched recursively.
     extensions : sequence of str
         File extensions that count as images, case-insensitive.
+    files : sequence of str, optional
+        Instead of ``path``: exactly these files, as Spark prints them in the
+        ``path`` column (e.g. from an earlier listing). Glob characters in
+        their names are escaped, so ``a[1].jpg`` is read literally.
 
     Returns
     -------
@@ -171,13 +178,20 @@ def load_images(
     """
     from pyspark.sql import functions as F
 
+    if (path is None) == (files is None):
+        raise ParameterError("load_images needs exactly one of path= and files=.")
     reader = (
         spark.read.format("binaryFile")
         .option("pathGlobFilter", extension_glob(extensions))
         .option("recursiveFileLookup", "true")
     )
-    target = str(storage.local_path(path)) if storage.is_local(path) else path
-    raw = reader.load(target).select("path", "content", "modificationTime", "length")
+    if files is not None:
+        if not files:
+            return spark.createDataFrame([], _IMAGES_SCHEMA)
+        raw = reader.load([_escape_glob(f) for f in files])
+    else:
+        raw = reader.load(str(storage.local_path(path)) if storage.is_local(path) else path)
+    raw = raw.select("path", "content", "modificationTime", "length")
     # Spark makes no split for a zero-byte file, so it would vanish from the
     # read. The file index (a driver-side listing, no job) still has it: add
     # the files the read misses as rows with empty content (-> error "empty").
@@ -196,6 +210,16 @@ def load_images(
         "modificationTime",
         "length",
     )
+
+
+_IMAGES_SCHEMA = "path string, label string, content binary, modificationTime timestamp, length long"
+
+_GLOB_CHARS = re.compile(r"([\\*?\[\]{}])")
+
+
+def _escape_glob(path: str) -> str:
+    """Escape Hadoop glob characters so ``path`` matches only itself."""
+    return _GLOB_CHARS.sub(r"\\\1", path)
 
 
 def _index_uri_to_path(uri: str) -> str:

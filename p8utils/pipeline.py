@@ -18,9 +18,10 @@ import logging
 import platform
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from p8utils import __version__, storage
 from p8utils.errors import OutputExistsError, ParameterError
@@ -31,19 +32,27 @@ from p8utils.models import get_spec, load_weights
 from p8utils.pca import PCAResult, check_pca_params, fit_pca, transform
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["MODES", "RunResult", "run", "read_manifest", "validate_params"]
 
 log = logging.getLogger(__name__)
 
-#: What to do when the output folder already holds something.
-MODES = ("error", "overwrite")
+#: What to do when the output folder already holds something: refuse, replace
+#: it, or featurize only the files that are new or changed since that run.
+MODES = ("error", "overwrite", "incremental")
 
 #: Variance target used when neither ``k`` nor ``variance`` is given.
 DEFAULT_VARIANCE = 0.95
 
 _MANIFEST = "manifest.json"
+_STAGING = "_staging"  # a run writes here first, then commits (see _commit)
+_TRASH = "_trash"
+
+#: Columns of ``<output>/features``. ``length`` and ``modificationTime`` are
+#: the file's, kept as the incremental-mode key with ``path``.
+_FEATURE_COLUMNS = ("path", "label", "features", "error", "length", "modificationTime")
+_KEY = ("path", "length", "modificationTime")
 
 
 @dataclass
@@ -94,6 +103,8 @@ def validate_params(
         The message names the parameter, the bad value and the fix.
     """
     spec = get_spec(model)
+    if k is None and variance is None:
+        variance = DEFAULT_VARIANCE
     check_pca_params(k, variance, spec.width)
     _validate_featurize(batch_size, engine, None)
     _normalise_extensions(extensions)
@@ -117,15 +128,23 @@ def validate_params(
     if mode == "error" and _has_content(output, spark):
         raise OutputExistsError(
             f"output={output!r} already exists and is not empty (mode='error', the safe default). "
-            "Fix: pass a new output folder, or mode='overwrite' (--mode overwrite) to replace it."
+            "Fix: pass a new output folder, mode='overwrite' (--mode overwrite) to replace it, or "
+            "mode='incremental' to featurize only new or changed images."
         )
 
 
 def _has_content(uri: str, spark: Optional[SparkSession]) -> bool:
-    """Tell whether ``uri`` exists and holds at least one file."""
+    """Tell whether ``uri`` holds a file other than leftovers of a killed run."""
     if not storage.exists(uri, spark):
         return False
-    return next(iter(storage.iter_files(uri, spark)), None) is not None
+    base = uri.rstrip("/") + "/"
+    leftovers = tuple(base + d + "/" for d in (_STAGING, _TRASH))
+    local = storage.is_local(uri)
+    for f in storage.iter_files(uri, spark):
+        rel = str(f) if local else f
+        if not (rel.startswith(leftovers) or rel.replace("file:", "", 1).startswith(leftovers)):
+            return True
+    return False
 
 
 @contextmanager
@@ -224,39 +243,50 @@ def run(
 
     timings: Dict[str, float] = {}
     started = _dt.datetime.now(_dt.timezone.utc)
+    run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     features_path = storage.join(output, "features")
     pca_path = storage.join(output, "pca")
     manifest_path = storage.join(output, _MANIFEST)
-    spark_out = (lambda p: str(storage.local_path(p))) if storage.is_local(output) else (lambda p: p)
-
-    if mode == "overwrite":
-        storage.delete(manifest_path, spark)  # the old run is no longer complete
+    staging = storage.join(output, _STAGING, run_id)
+    spark_path = (lambda p: str(storage.local_path(p))) if storage.is_local(output) else (lambda p: p)
+    for leftover in (_STAGING, _TRASH):  # from runs that were killed
+        storage.delete(storage.join(output, leftover), spark)
 
     with _stage(timings, "weights", spark):
         bundle = load_weights(model, weights, seed=seed, spark=spark)
+    previous = _previous_run(output, mode, model, bundle.sha256, spark)
+
     with _stage(timings, "list_images", spark):
         images = load_images(spark, input, extensions)
+    feature_args = dict(batch_size=batch_size, engine=engine, max_pixels=max_pixels)
     with _stage(timings, "featurize", spark):
-        feats = featurize(images, bundle, batch_size=batch_size, engine=engine, max_pixels=max_pixels)
-        (feats.select("path", "label", "features", "error")
-         .write.mode("overwrite").parquet(spark_out(features_path)))
-    stored = spark.read.parquet(spark_out(features_path))
+        if previous is None:
+            table = featurize(images, bundle, **feature_args).select(*_FEATURE_COLUMNS)
+            reuse: Dict[str, int] = {"reused": 0, "removed": 0}
+        else:
+            table, reuse = _incremental(spark, images, spark.read.parquet(spark_path(features_path)),
+                                        bundle, extensions, feature_args)
+        table.write.parquet(spark_path(storage.join(staging, "features")))
+    stored = spark.read.parquet(spark_path(storage.join(staging, "features")))
     with _stage(timings, "count", spark):
         by_error = {r["error"]: int(r["count"]) for r in stored.groupBy("error").count().collect()}
     ok = by_error.pop(None, 0)
-    counts = {"total": ok + sum(by_error.values()), "ok": ok, "failed": sum(by_error.values()),
-              "failed_by_reason": dict(sorted(by_error.items()))}
+    total = ok + sum(by_error.values())
+    counts = {"total": total, "ok": ok, "failed": sum(by_error.values()),
+              "failed_by_reason": dict(sorted(by_error.items())),
+              "featurized": total - reuse["reused"], **reuse}
     with _stage(timings, "pca_fit", spark):
         pca = fit_pca(stored, k=k, variance=variance)
     with _stage(timings, "pca_transform", spark):
         (transform(pca, stored.where(F.col("features").isNotNull()).select("path", "label", "features"))
-         .write.mode("overwrite").parquet(spark_out(pca_path)))
+         .write.parquet(spark_path(storage.join(staging, "pca"))))
 
     warnings: List[str] = [bundle.warning] if bundle.warning else []
     if pca.k > pca.n_rows - 1:
         warnings.append(f"k={pca.k} exceeds the rank of the data ({pca.n_rows} rows): trailing scores are ~0.")
     manifest: Dict[str, Any] = {
         "status": "complete",
+        "run_id": run_id,
         "p8utils_version": __version__,
         "started_at": started.isoformat(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -269,6 +299,7 @@ def run(
         "weights": {"source": bundle.source, "sha256": bundle.sha256, "seed": bundle.seed,
                     "warning": bundle.warning},
         "counts": counts,
+        "incremental_key": list(_KEY) if mode == "incremental" else None,
         "pca": {
             "k": pca.k, "variance_target": pca.variance_target, "explained_at_k": pca.explained_at_k,
             "n_rows": pca.n_rows, "feature_width": pca.width,
@@ -281,10 +312,87 @@ def run(
         "warnings": warnings,
         "argv": list(sys.argv),
     }
-    storage.write_bytes(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"), spark)
+    _commit(output, staging, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"), spark)
     for w in warnings:
         log.warning(w)
     return RunResult(output, features_path, pca_path, manifest_path, manifest, pca)
+
+
+def _previous_run(output: str, mode: str, model: str, sha256: str, spark: SparkSession) -> Optional[Dict[str, Any]]:
+    """Return the manifest of the complete run that ``mode="incremental"`` builds on, if any.
+
+    Raises
+    ------
+    ParameterError
+        The previous run used another model or other weights: mixing them
+        would give a table of incomparable features.
+    """
+    if mode != "incremental" or not storage.exists(storage.join(output, _MANIFEST), spark):
+        return None
+    previous = read_manifest(output, spark)
+    used = (previous["parameters"]["model"], previous["weights"]["sha256"])
+    if used != (model, sha256):
+        raise ParameterError(
+            f"mode='incremental' but output={output!r} holds features of model={used[0]!r} with weights "
+            f"sha256={used[1][:12]}…, not model={model!r} sha256={sha256[:12]}…. Fix: use the same "
+            "model and weights, or mode='overwrite' to recompute everything, or a new output."
+        )
+    return previous
+
+
+def _incremental(
+    spark: SparkSession,
+    images: DataFrame,
+    previous: DataFrame,
+    bundle: Any,
+    extensions: Sequence[str],
+    feature_args: Dict[str, Any],
+) -> Tuple[DataFrame, Dict[str, int]]:
+    """Featurize only new or changed files; keep the rows of unchanged ones.
+
+    A file is unchanged when ``path``, ``length`` and ``modificationTime`` all
+    equal those of its previous row (no content is read to decide). Rows of
+    files that are gone from the input are dropped, so the table always
+    equals what a full run would produce.
+
+    Returns
+    -------
+    (DataFrame, dict)
+        The whole new features table (lazy) and ``{"reused": n, "removed": n}``.
+    """
+    listing = images.select("path", *_KEY[1:]).cache()
+    try:
+        same = [listing[c].eqNullSafe(previous[c]) for c in _KEY]
+        todo = [r.path for r in listing.join(previous, same, "left_anti").select("path").collect()]
+        kept = previous.join(listing, same, "left_semi").select(*_FEATURE_COLUMNS).cache()
+        reused = kept.count()
+        removed = previous.count() - reused
+    finally:
+        listing.unpersist()
+    log.info("incremental: %d files to featurize, %d reused, %d removed", len(todo), reused, removed)
+    fresh = featurize(load_images(spark, files=todo, extensions=extensions), bundle, **feature_args)
+    return kept.unionByName(fresh.select(*_FEATURE_COLUMNS)), {"reused": reused, "removed": removed}
+
+
+def _commit(output: str, staging: str, manifest: bytes, spark: SparkSession) -> None:
+    """Swap the staged ``features/`` and ``pca/`` in, then write the manifest last.
+
+    Until this point the previous run is untouched. The manifest is removed
+    first and written last, so a reader that finds ``manifest.json`` always
+    sees a complete run; a crash inside this short window leaves no manifest
+    (the run is visibly incomplete) and the previous data under ``_trash/``.
+    """
+    manifest_path = storage.join(output, _MANIFEST)
+    trash = storage.join(output, _TRASH, staging.rstrip("/").rsplit("/", 1)[-1])
+    storage.delete(manifest_path, spark)
+    for name in ("features", "pca"):
+        final = storage.join(output, name)
+        if storage.exists(final, spark):
+            storage.rename(final, storage.join(trash, name), spark)
+        storage.rename(storage.join(staging, name), final, spark)
+    storage.write_bytes(manifest_path, manifest, spark)
+    storage.delete(storage.join(output, _TRASH), spark)
+    storage.delete(storage.join(output, _STAGING), spark)
 
 
 def read_manifest(output: str, spark: Optional[SparkSession] = None) -> Dict[str, Any]:

@@ -124,12 +124,18 @@ def delete(uri: str, spark: Optional[SparkSession] = None) -> None:
 
 
 def rename(src: str, dst: str, spark: Optional[SparkSession] = None) -> None:
-    """Move ``src`` to ``dst`` (``dst`` must not exist)."""
+    """Move ``src`` to ``dst`` (``dst`` must not exist; its parent is created).
+
+    Atomic on a local filesystem and HDFS; on S3 a rename copies then deletes.
+    """
     if is_local(src) and is_local(dst):
-        os.replace(local_path(src), local_path(dst))
+        target = local_path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local_path(src), target)
         return
     fs, src_path = _hadoop_fs(spark, src)
     _, dst_path = _hadoop_fs(spark, dst)
+    fs.mkdirs(dst_path.getParent())
     if not fs.rename(src_path, dst_path):
         raise OSError(f"could not rename {src} to {dst}")
 

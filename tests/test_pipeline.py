@@ -20,7 +20,7 @@ def _read(path):
 def test_outputs_one_row_per_input_file(sample_run, sample_dir):
     files = image_files(sample_dir)
     feats = _read(sample_run.features_path)
-    assert list(feats.columns) == ["path", "label", "features", "error"]
+    assert list(feats.columns) == ["path", "label", "features", "error", "length", "modificationTime"]
     assert sorted(p.replace("file:", "") for p in feats.path) == sorted(str(f) for f in files)
     assert feats.path.is_unique
     assert list(feats.label) == [p.rsplit("/", 2)[-2] for p in feats.path]
@@ -61,7 +61,8 @@ def test_manifest(sample_run, sample_dir):
     assert m == sample_run.manifest
     n = len(image_files(sample_dir))
     assert m["status"] == "complete"
-    assert m["counts"] == {"total": n, "ok": n, "failed": 0, "failed_by_reason": {}}
+    assert m["counts"] == {"total": n, "ok": n, "failed": 0, "failed_by_reason": {},
+                           "featurized": n, "reused": 0, "removed": 0}
     assert m["pca"]["k"] == sample_run.pca.k and m["pca"]["explained_at_k"] >= 0.95
     assert len(m["pca"]["explained_variance"]) == 1280
     assert m["weights"]["source"] == "offline" and len(m["weights"]["sha256"]) == 64
@@ -96,7 +97,8 @@ def test_bad_file_counted_by_reason(spark, sample_dir, tmp_path):
     (src / "Broken" / "zero.jpg").write_bytes(b"")
     res = pipeline.run(str(src), str(tmp_path / "out"), weights="offline", k=2, spark=spark)
     assert res.manifest["counts"] == {"total": 8, "ok": 6, "failed": 2,
-                                      "failed_by_reason": {"empty": 1, "not_an_image": 1}}
+                                      "failed_by_reason": {"empty": 1, "not_an_image": 1},
+                                      "featurized": 8, "reused": 0, "removed": 0}
     feats = _read(res.features_path)
     assert feats.loc[feats.error.notna(), "features"].isna().all()
     assert len(_read(res.pca_path)) == 6
@@ -123,6 +125,7 @@ def no_spark(monkeypatch):
     ({"k": 3, "variance": 0.9}, "give exactly one"),
     ({"model": "vgg"}, "model='vgg' is not supported"),
     ({"mode": "append"}, "mode='append' is not valid"),
+    ({"extensions": ["j?g"]}, "extensions"),
     ({"batch_size": -1}, "batch_size"),
     ({"output": "INSIDE"}, "inside input"),
 ])
