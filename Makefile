@@ -1,17 +1,22 @@
-# Two commands on a fresh machine: `make run` (the pipeline on data_sample/) and
-# `make test`. Both create .venv and install what they need.
+# Two commands on a fresh machine: `make run` (notebooks 01 then 03 on data_sample/,
+# headless with papermill) and `make test`. Both create .venv and install what they need.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := spark,tf,plots,dev
+EXTRAS := spark,tf,plots,dev,notebooks
 STAMP := $(VENV)/.installed
+# Jupyter kernel running the project's .venv (papermill -k p8utils; "Python (p8utils)" in JupyterLab)
+KERNEL := $(VENV)/share/jupyter/kernels/p8utils/kernel.json
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install run test lint sample clean help
+.PHONY: install kernel run run-cli lab strip hooks test lint sample clean help
 
 help:
-	@echo "make run    - run the pipeline on data_sample/ (offline weights if ImageNet is unreachable)"
+	@echo "make run    - notebooks 01 + 03 on data_sample/ with papermill, into runs/<timestamp>/ (offline weights if ImageNet is unreachable)"
+	@echo "make lab    - JupyterLab on the project (kernel: Python (p8utils))"
+	@echo "make run-cli - the pipeline alone through the CLI (no notebooks)"
+	@echo "make strip  - remove outputs from notebooks/*.ipynb (nbstripout); make hooks: do it on every git add"
 	@echo "make test   - run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make sample - regenerate data_sample/"
@@ -34,9 +39,27 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-run: install
+$(KERNEL): $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name p8utils --display-name "Python (p8utils)"
+
+kernel: $(KERNEL)
+
+run: install $(KERNEL)
+	$(BIN)/python scripts/run_notebooks.py --run-dir $(RUN_DIR) --weights auto
+
+run-cli: install
 	$(BIN)/python -m p8utils run --input data_sample --output $(RUN_DIR) --weights auto
 	@echo "Outputs: $(abspath $(RUN_DIR))"
+
+# LAB_ARGS: extra options, e.g. make lab LAB_ARGS="--no-browser --port 8890"
+lab: install $(KERNEL)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+strip: install
+	$(BIN)/nbstripout notebooks/*.ipynb
+
+hooks: install
+	$(BIN)/nbstripout --install
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -10,6 +10,8 @@ featurize   The iterator pandas UDF turning image bytes into feature vectors.
 pca         One Spark ML PCA fit, k choice, centred projection.
 pipeline    End-to-end run with output layout and manifest.
 plots       Variance and scatter plots.
+report      What notebooks show and save: paths, bounded samples, tables, figure files.
+progress    Progress bar of the Spark jobs of a block (status tracker -> tqdm / text).
 sample      The generated synthetic sample (``data_sample/``).
 cli         ``python -m p8utils run …`` (also through ``spark-submit``).
 
