@@ -35,12 +35,19 @@ from p8utils.models import ModelSpec, WeightsBundle, build_model, get_spec
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
-__all__ = ["ENGINES", "featurize", "featurize_bytes", "FEATURES_TYPE"]
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "FEATURES_TYPE", "check_featurize_params", "featurize", "featurize_bytes"]
 
 log = logging.getLogger(__name__)
 
-#: Inference engines.
-ENGINES: Tuple[str, ...] = ("keras",)
+#: Inference engines. ``keras``: the Keras model in a compiled ``tf.function``.
+#: ``tflite``: the same model converted on the driver with TensorFlow's TFLite
+#: converter, the flatbuffer broadcast, run with the XNNPACK delegate (LiteRT's
+#: ``ai_edge_litert`` when installed, else ``tf.lite.Interpreter``; the former
+#: does not even import TensorFlow in the worker).
+ENGINES: Tuple[str, ...] = ("keras", "tflite")
+
+#: Engine used when none is given.
+DEFAULT_ENGINE = "keras"
 
 #: Spark type of the UDF's result.
 FEATURES_TYPE = "struct<features:array<float>,error:string>"
@@ -63,8 +70,9 @@ def _configure_threads(threads: int) -> None:
         log.debug("TensorFlow threads already configured")
 
 
-def _keras_predictor(spec: ModelSpec, arrays: List[np.ndarray]) -> Predictor:
+def _keras_predictor(spec: ModelSpec, arrays: List[np.ndarray], threads: int) -> Predictor:
     """Build the model once and return a compiled batch → features function."""
+    _configure_threads(threads)
     import tensorflow as tf
 
     model = build_model(spec, arrays)
@@ -81,15 +89,74 @@ def _keras_predictor(spec: ModelSpec, arrays: List[np.ndarray]) -> Predictor:
     return predict
 
 
-def _get_predictor(spec: ModelSpec, arrays_fn: Callable[[], List[np.ndarray]], sha256: str, engine: str,
+def _tflite_interpreter_class():  # noqa: ANN202 - an Interpreter class
+    """LiteRT's interpreter if installed (no TensorFlow import), else TensorFlow's."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter
+
+
+def _tflite_predictor(spec: ModelSpec, flatbuffer: bytes, threads: int) -> Predictor:
+    """Create a TFLite interpreter (XNNPACK, ``threads`` threads) for the flatbuffer."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = _tflite_interpreter_class()(model_content=flatbuffer, num_threads=threads)
+    inp = interpreter.get_input_details()[0]["index"]
+    out = interpreter.get_output_details()[0]["index"]
+    w, h = spec.input_size
+    allocated = {"n": -1}
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        n = int(batch.shape[0])
+        if allocated["n"] != n:  # the last chunk of a partition may be shorter
+            interpreter.resize_tensor_input(inp, [n, h, w, 3])
+            interpreter.allocate_tensors()
+            allocated["n"] = n
+        interpreter.set_tensor(inp, np.ascontiguousarray(batch, dtype=np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(out).copy()
+
+    return predict
+
+
+# Driver-side cache of converted models: {(sha256, engine): payload}.
+_PAYLOADS: Dict[Tuple[str, str], object] = {}
+
+
+def _engine_payload(bundle: WeightsBundle, engine: str) -> object:
+    """Return what the driver broadcasts for ``engine``: weight arrays or a TFLite flatbuffer."""
+    if engine == "keras":
+        return bundle.arrays
+    key = (bundle.sha256, engine)
+    if key not in _PAYLOADS:
+        import tensorflow as tf
+
+        model = build_model(bundle.spec, bundle.arrays)
+        _PAYLOADS.clear()
+        _PAYLOADS[key] = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    return _PAYLOADS[key]
+
+
+_BUILDERS: Dict[str, Callable[[ModelSpec, object, int], Predictor]] = {
+    "keras": _keras_predictor,  # type: ignore[dict-item]
+    "tflite": _tflite_predictor,  # type: ignore[dict-item]
+}
+
+
+def _get_predictor(spec: ModelSpec, payload_fn: Callable[[], object], sha256: str, engine: str,
                    threads: int) -> Predictor:
     """Return the cached predictor of this worker, building it on first use."""
     key = (spec.name, sha256, engine, threads)
     predictor = _PREDICTORS.get(key)
     if predictor is None:
         _PREDICTORS.clear()
-        _configure_threads(threads)
-        predictor = _keras_predictor(spec, arrays_fn())
+        predictor = _BUILDERS[engine](spec, payload_fn(), threads)
         _PREDICTORS[key] = predictor
     return predictor
 
@@ -114,10 +181,12 @@ def _featurize_frame(
     errors: List[Optional[str]] = [None] * n
     w, h = spec.input_size
     chunk = np.empty((batch_size, h, w, 3), dtype=np.uint8)
+    inputs = np.empty((batch_size, h, w, 3), dtype=np.float32)
     rows: List[int] = []
 
     def flush() -> None:
-        out = predict(spec.preprocess(chunk[: len(rows)]))
+        n_rows = len(rows)
+        out = predict(spec.preprocess(chunk[:n_rows], out=inputs[:n_rows]))
         for j, row in enumerate(rows):
             features[row] = out[j]
         rows.clear()
@@ -147,7 +216,7 @@ def _task_cpus() -> int:
         return 1
 
 
-def _validate(batch_size: int, engine: str, threads: Optional[int]) -> None:
+def check_featurize_params(batch_size: int, engine: str, threads: Optional[int]) -> None:
     """Check featurization parameters (raises :class:`ParameterError`)."""
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or not 1 <= batch_size <= 4096:
         raise ParameterError(f"batch_size={batch_size!r} is out of range. Fix: use an integer in [1, 4096], e.g. 64.")
@@ -163,7 +232,7 @@ def featurize(
     *,
     input_col: str = "content",
     batch_size: int = 64,
-    engine: str = "keras",
+    engine: str = DEFAULT_ENGINE,
     threads: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DataFrame:
@@ -196,12 +265,12 @@ def featurize(
     """
     from pyspark.sql import functions as F
 
-    _validate(batch_size, engine, threads)
+    check_featurize_params(batch_size, engine, threads)
     if input_col not in df.columns:
         raise ParameterError(f"input_col={input_col!r} is not a column of the DataFrame {df.columns}.")
     spec_name = bundle.spec.name
     sha256 = bundle.sha256
-    bc = df.sparkSession.sparkContext.broadcast(bundle.arrays)
+    bc = df.sparkSession.sparkContext.broadcast(_engine_payload(bundle, engine))
 
     @F.pandas_udf(FEATURES_TYPE)  # type: ignore[call-overload]
     def _features_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
@@ -215,7 +284,7 @@ def featurize(
 def _run_udf(
     batches: Iterator[pd.Series],
     spec_name: str,
-    arrays_fn: Callable[[], List[np.ndarray]],
+    payload_fn: Callable[[], object],
     sha256: str,
     engine: str,
     threads: Optional[int],
@@ -224,7 +293,7 @@ def _run_udf(
 ) -> Iterator[pd.DataFrame]:
     """Body of the pandas UDF (module level, so the worker's cache persists)."""
     spec = get_spec(spec_name)
-    predict = _get_predictor(spec, arrays_fn, sha256, engine, threads or _task_cpus())
+    predict = _get_predictor(spec, payload_fn, sha256, engine, threads or _task_cpus())
     for contents in batches:
         yield _featurize_frame(contents.tolist(), spec, predict, batch_size, max_pixels)
 
@@ -234,7 +303,7 @@ def featurize_bytes(
     bundle: WeightsBundle,
     *,
     batch_size: int = 64,
-    engine: str = "keras",
+    engine: str = DEFAULT_ENGINE,
     threads: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> pd.DataFrame:
@@ -249,6 +318,7 @@ def featurize_bytes(
         One row per input: ``features`` (float32 array ``(width,)`` or None),
         ``error`` (str or None).
     """
-    _validate(batch_size, engine, threads)
-    predict = _get_predictor(bundle.spec, lambda: bundle.arrays, bundle.sha256, engine, threads or 1)
+    check_featurize_params(batch_size, engine, threads)
+    predict = _get_predictor(bundle.spec, lambda: _engine_payload(bundle, engine), bundle.sha256, engine,
+                             threads or 1)
     return _featurize_frame(list(contents), bundle.spec, predict, batch_size, max_pixels)

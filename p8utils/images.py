@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ERROR_REASONS",
     "extension_glob",
+    "normalise_extensions",
     "check_input",
     "load_images",
     "decode_image",
@@ -70,12 +71,12 @@ def extension_glob(extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> str:
     str
         E.g. ``"*.{[jJ][pP][gG],[jJ][pP][eE][gG]}"``.
     """
-    exts = _normalise_extensions(extensions)
+    exts = normalise_extensions(extensions)
     parts = ["".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in e) for e in exts]
     return "*." + (parts[0] if len(parts) == 1 else "{" + ",".join(parts) + "}")
 
 
-def _normalise_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
+def normalise_extensions(extensions: Sequence[str]) -> Tuple[str, ...]:
     """Validate and lower-case extensions (``".JPG"`` → ``"jpg"``)."""
     if isinstance(extensions, str):
         extensions = [e for e in extensions.split(",")]
@@ -116,7 +117,7 @@ def check_input(
     ParameterError
         Missing path, a path that is a file, or no image below it.
     """
-    exts = _normalise_extensions(extensions)
+    exts = normalise_extensions(extensions)
     if not path:
         raise ParameterError("input is empty. Fix: pass the folder of images (one sub-folder per class).")
     if storage.is_local(path):

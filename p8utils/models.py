@@ -61,17 +61,23 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _preprocess_tf(x: np.ndarray) -> np.ndarray:
-    """Scale RGB ``[0, 255]`` to ``[-1, 1]`` (Keras ``mode="tf"``)."""
-    return x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+def _preprocess_tf(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Scale RGB ``[0, 255]`` to ``[-1, 1]`` (Keras ``mode="tf"``), into ``out`` if given."""
+    out = np.empty(x.shape, np.float32) if out is None else out
+    # a true float32 division, as Keras does: a multiplication by 1/127.5 differs in the last bit
+    np.divide(x, np.float32(127.5), out=out, casting="unsafe")
+    out -= np.float32(1.0)
+    return out
 
 
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-def _preprocess_caffe(x: np.ndarray) -> np.ndarray:
-    """RGB → BGR and subtract the ImageNet mean (Keras ``mode="caffe"``)."""
-    return x[..., ::-1].astype(np.float32) - _CAFFE_MEAN_BGR
+def _preprocess_caffe(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """RGB → BGR and subtract the ImageNet mean (Keras ``mode="caffe"``), into ``out`` if given."""
+    out = np.empty(x.shape, np.float32) if out is None else out
+    np.subtract(x[..., ::-1], _CAFFE_MEAN_BGR, out=out, casting="unsafe")
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,9 @@ class ModelSpec:
     application : str
         Name of the ``keras.applications`` constructor.
     preprocess : callable
-        ``uint8``/``float`` array ``(n, h, w, 3)`` RGB → ``float32`` model input,
-        same as ``keras.applications.<module>.preprocess_input``.
+        ``preprocess(x, out=None)``: ``uint8``/``float`` array ``(n, h, w, 3)``
+        RGB → ``float32`` model input (written into ``out`` when given, one
+        pass, no temporaries), same as ``keras.applications.<module>.preprocess_input``.
     imagenet_file : str
         File name Keras caches the include-top ImageNet weights under.
     """
@@ -99,7 +106,7 @@ class ModelSpec:
     width: int
     input_size: Tuple[int, int]
     application: str
-    preprocess: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    preprocess: Callable[..., np.ndarray] = field(repr=False)
     imagenet_file: str = ""
 
 

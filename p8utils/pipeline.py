@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 from p8utils import __version__, storage
 from p8utils.errors import OutputExistsError, ParameterError
-from p8utils.featurize import _validate as _validate_featurize
-from p8utils.featurize import featurize
-from p8utils.images import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS, _normalise_extensions, check_input, load_images
+from p8utils.featurize import DEFAULT_ENGINE, check_featurize_params, featurize
+from p8utils.images import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS, check_input, load_images, normalise_extensions
 from p8utils.models import get_spec, load_weights
 from p8utils.pca import PCAResult, check_pca_params, fit_pca, transform
 
@@ -88,7 +87,7 @@ def validate_params(
     k: Optional[int] = None,
     variance: Optional[float] = None,
     batch_size: int = 64,
-    engine: str = "keras",
+    engine: str = DEFAULT_ENGINE,
     mode: str = "error",
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
     spark: Optional[SparkSession] = None,
@@ -106,8 +105,8 @@ def validate_params(
     if k is None and variance is None:
         variance = DEFAULT_VARIANCE
     check_pca_params(k, variance, spec.width)
-    _validate_featurize(batch_size, engine, None)
-    _normalise_extensions(extensions)
+    check_featurize_params(batch_size, engine, None)
+    normalise_extensions(extensions)
     if mode not in MODES:
         raise ParameterError(f"mode={mode!r} is not valid. Fix: use one of {list(MODES)}.")
     if not output:
@@ -181,7 +180,7 @@ def run(
     k: Optional[int] = None,
     variance: Optional[float] = None,
     batch_size: int = 64,
-    engine: str = "keras",
+    engine: str = DEFAULT_ENGINE,
     seed: int = 0,
     mode: str = "error",
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
@@ -293,7 +292,7 @@ def run(
         "parameters": {
             "input": input, "output": output, "model": model, "weights": weights, "engine": engine,
             "batch_size": batch_size, "k": k, "variance": variance, "seed": seed, "mode": mode,
-            "extensions": list(_normalise_extensions(extensions)), "max_pixels": max_pixels,
+            "extensions": list(normalise_extensions(extensions)), "max_pixels": max_pixels,
             "master": spark.sparkContext.master,
         },
         "weights": {"source": bundle.source, "sha256": bundle.sha256, "seed": bundle.seed,

@@ -80,3 +80,14 @@ def test_weights_bad_file_and_missing_file(tmp_path):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(WeightsUnavailableError, match="could not be loaded"):
         load_weights("mobilenet_v2", str(bad))
+
+
+@pytest.mark.parametrize("name,module", [("mobilenet_v2", "mobilenet_v2"), ("resnet50", "resnet50")])
+def test_preprocess_into_buffer_is_bitwise_keras(name, module):
+    import keras
+
+    x = np.random.default_rng(1).integers(0, 256, (3, 5, 5, 3)).astype(np.uint8)
+    out = np.full(x.shape, np.nan, np.float32)
+    res = get_spec(name).preprocess(x, out=out)
+    assert res is out
+    np.testing.assert_array_equal(out, getattr(keras.applications, module).preprocess_input(x.astype(np.float32)))
