@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed
 KERNEL := $(VENV)/share/jupyter/kernels/p8utils/kernel.json
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install kernel run run-cli lab strip hooks test lint sample clean help
+.PHONY: install kernel run run-cli lab strip hooks bench test lint sample clean help
 
 help:
 	@echo "make run    - notebooks 01 + 03 on data_sample/ with papermill, into runs/<timestamp>/ (offline weights if ImageNet is unreachable)"
 	@echo "make lab    - JupyterLab on the project (kernel: Python (p8utils))"
 	@echo "make run-cli - the pipeline alone through the CLI (no notebooks)"
 	@echo "make strip  - remove outputs from notebooks/*.ipynb (nbstripout); make hooks: do it on every git add"
+	@echo "make bench  - benchmark: raw model vs pipeline vs the seeds' method (prints a table, writes JSON)"
 	@echo "make test   - run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make sample - regenerate data_sample/"
@@ -60,6 +61,11 @@ strip: install
 
 hooks: install
 	$(BIN)/nbstripout --install
+
+# Benchmark (not a test): raw engines vs the pipeline vs the seeds' method, on >= 2,000 images.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m p8utils.bench $(BENCH_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

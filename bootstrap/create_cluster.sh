@@ -31,7 +31,7 @@
 #   --idle-timeout SECONDS   terminate after this long idle, 60..604800; 0 = never [3600]
 #   --ebs-root-volume-size GB  root volume size [EMR default]
 #   --weights PATH|URI       Keras weights file to preload on every node (repeatable); keep the
-#                            Keras file name, e.g. mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+#                            Keras file name, e.g. mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5
 #   --wheel FILE             use this p8utils wheel instead of building one
 #   --build-python PY        Python that builds the wheel [REPO/.venv/bin/python, else python3]
 #   --cluster-python PATH    Python the bootstrap builds the venv from [/usr/bin/python3 = 3.9 on EMR 7]

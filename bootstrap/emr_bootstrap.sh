@@ -26,7 +26,7 @@
 # Usage (as an EMR bootstrap action; create_cluster.sh builds these arguments):
 #   emr_bootstrap.sh --wheel s3://BUCKET/.../p8utils-0.1.0-py3-none-any.whl \
 #                    --requirements s3://BUCKET/.../requirements-emr.txt \
-#                    [--weights s3://BUCKET/.../mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5]...
+#                    [--weights s3://BUCKET/.../mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5]...
 #                    [--python /usr/bin/python3] [--prefix /opt/p8utils] [--keras-home /opt/keras]
 #                    [--pip-index URL | --wheelhouse s3://BUCKET/.../wheelhouse/]
 #

@@ -306,7 +306,7 @@ def test_bootstrap_refuses_a_python_the_pins_were_not_made_for(tmp_path, fake_wh
 
 
 def test_bootstrap_refuses_weights_that_are_not_hdf5_before_installing(tmp_path, fake_wheel):
-    bad = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    bad = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
     bad.write_text("<html>AccessDenied</html>")
     res = _bootstrap(tmp_path, "--prefix", tmp_path / "p8", "--keras-home", tmp_path / "keras",
                      "--wheel", fake_wheel, "--requirements", REQS, "--python", sys.executable, "--weights", bad)
@@ -333,7 +333,7 @@ OUTPUT = "s3://my-bucket/p8 project/runs/it's-1/"
 
 
 def _create_dry_run(tmp_path, fake_wheel, *extra):
-    weights = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    weights = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
     weights.write_bytes(b"\x89HDF\r\n\x1a\n")
     args = [
         BOOT / "create_cluster.sh", "--dry-run", "--s3-prefix", PREFIX, "--deploy-id", "d1",
@@ -375,7 +375,7 @@ def test_create_cluster_dry_run_prints_quoted_commands_without_aws(tmp_path, fak
     assert ("--wheel", deploy + "/" + fake_wheel.name) in pairs
     assert ("--requirements", deploy + "/requirements-emr.txt") in pairs
     assert ("--python", "/usr/bin/python3") in pairs
-    assert ("--weights", deploy + "/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5") in pairs
+    assert ("--weights", deploy + "/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5") in pairs
     assert ("--weights", "s3://other-bucket/w/resnet50.h5") in pairs
     # every S3 object the cluster reads was uploaded by one of the printed commands
     for value in [action["Path"]] + [v for k, v in pairs if v.startswith(deploy)]:
@@ -615,7 +615,7 @@ def bootstrapped(tmp_path_factory):
     assert res.returncode == 0, res.stdout + res.stderr
     (wheel,) = (tmp / "dist").glob("p8utils-*.whl")
 
-    weights = tmp / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    weights = tmp / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
     h5py = pytest.importorskip("h5py")
     with h5py.File(weights, "w") as f:
         f["marker"] = [1, 2, 3]
