@@ -33,6 +33,7 @@ from p8utils.images import DEFAULT_MAX_PIXELS, decode_image
 from p8utils.models import ModelSpec, WeightsBundle, build_model, get_spec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pyspark import Accumulator
     from pyspark.sql import DataFrame
 
 __all__ = ["DEFAULT_ENGINE", "ENGINES", "FEATURES_TYPE", "check_featurize_params", "featurize", "featurize_bytes"]
@@ -150,7 +151,7 @@ _BUILDERS: Dict[str, Callable[[ModelSpec, object, int], Predictor]] = {
 
 
 def _get_predictor(spec: ModelSpec, payload_fn: Callable[[], object], sha256: str, engine: str,
-                   threads: int) -> Predictor:
+                   threads: int, builds: Optional[Accumulator] = None) -> Predictor:
     """Return the cached predictor of this worker, building it on first use."""
     key = (spec.name, sha256, engine, threads)
     predictor = _PREDICTORS.get(key)
@@ -158,6 +159,8 @@ def _get_predictor(spec: ModelSpec, payload_fn: Callable[[], object], sha256: st
         _PREDICTORS.clear()
         predictor = _BUILDERS[engine](spec, payload_fn(), threads)
         _PREDICTORS[key] = predictor
+        if builds is not None:
+            builds.add(1)
     return predictor
 
 
@@ -235,6 +238,7 @@ def featurize(
     engine: str = DEFAULT_ENGINE,
     threads: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    model_builds: Optional[Accumulator] = None,
 ) -> DataFrame:
     """Add ``features`` and ``error`` columns computed from image bytes.
 
@@ -255,6 +259,9 @@ def featurize(
         ``spark.task.cpus`` so concurrent tasks do not oversubscribe cores.
     max_pixels : int
         Larger declared images get ``error = "too_large"``.
+    model_builds : pyspark.Accumulator, optional
+        Incremented each time a Python worker builds the model (diagnostics:
+        with worker reuse it stays at most the number of concurrent workers).
 
     Returns
     -------
@@ -274,7 +281,8 @@ def featurize(
 
     @F.pandas_udf(FEATURES_TYPE)  # type: ignore[call-overload]
     def _features_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        return _run_udf(batches, spec_name, lambda: bc.value, sha256, engine, threads, batch_size, max_pixels)
+        return _run_udf(batches, spec_name, lambda: bc.value, sha256, engine, threads, batch_size, max_pixels,
+                        model_builds)
 
     result = df.withColumn("_p8_features", _features_udf(F.col(input_col)))
     others = [c for c in df.columns if c != input_col]
@@ -290,10 +298,11 @@ def _run_udf(
     threads: Optional[int],
     batch_size: int,
     max_pixels: int,
+    builds: Optional[Accumulator] = None,
 ) -> Iterator[pd.DataFrame]:
     """Body of the pandas UDF (module level, so the worker's cache persists)."""
     spec = get_spec(spec_name)
-    predict = _get_predictor(spec, payload_fn, sha256, engine, threads or _task_cpus())
+    predict = _get_predictor(spec, payload_fn, sha256, engine, threads or _task_cpus(), builds)
     for contents in batches:
         yield _featurize_frame(contents.tolist(), spec, predict, batch_size, max_pixels)
 

@@ -257,7 +257,8 @@ def run(
 
     with _stage(timings, "list_images", spark):
         images = load_images(spark, input, extensions)
-    feature_args = dict(batch_size=batch_size, engine=engine, max_pixels=max_pixels)
+    builds = spark.sparkContext.accumulator(0)
+    feature_args = dict(batch_size=batch_size, engine=engine, max_pixels=max_pixels, model_builds=builds)
     with _stage(timings, "featurize", spark):
         if previous is None:
             table = featurize(images, bundle, **feature_args).select(*_FEATURE_COLUMNS)
@@ -307,6 +308,7 @@ def run(
         },
         "outputs": {"features": features_path, "pca": pca_path},
         "timings_s": timings,
+        "model_builds": builds.value,
         "versions": _versions(),
         "warnings": warnings,
         "argv": list(sys.argv),

@@ -114,3 +114,21 @@ def test_tflite_engine_in_process_handles_ragged_chunks(sample_dir, offline_bund
     ref = featurize_bytes(data, offline_bundle, engine="keras")
     assert out.error.tolist() == [None] * 11 + ["not_an_image"]
     assert _rel_err(np.stack(out.features[:11]), np.stack(ref.features[:11])).max() <= 1e-4
+
+
+def test_model_built_once_per_worker_not_per_task(spark, tmp_path, sample_dir, offline_bundle):
+    """With Python worker reuse the model is built by each worker once, then reused by later tasks/jobs."""
+    src = tmp_path / "in"
+    for i in range(3):  # 240 files -> several tasks per worker
+        for f in image_files(sample_dir):
+            (src / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (src / f.parent.name / f"{i}_{f.name}").write_bytes(f.read_bytes())
+    images = load_images(spark, str(src))
+    tasks = images.rdd.getNumPartitions()
+    builds = spark.sparkContext.accumulator(0)
+    out = featurize(images, offline_bundle, engine="tflite", model_builds=builds)
+    assert out.where("error is null").count() == 240
+    first = builds.value
+    assert tasks >= 4 and 1 <= first <= 2, (tasks, first)  # local[2]: two Python workers
+    assert out.where("error is null").count() == 240  # a second job: the workers' models are reused
+    assert builds.value == first
