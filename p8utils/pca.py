@@ -147,6 +147,7 @@ def fit_pca(
     ParameterError
         Bad ``k``/``variance``, or fewer than 2 rows with features.
     """
+    from pyspark import StorageLevel
     from pyspark.ml.feature import PCA
     from pyspark.ml.functions import array_to_vector
     from pyspark.ml.stat import Summarizer
@@ -159,17 +160,23 @@ def fit_pca(
         vec = rows.select(array_to_vector(F.col(input_col)).alias("_v"))
     else:
         vec = rows.select(F.col(input_col).alias("_v"))
-    summary = vec.select(Summarizer.metrics("mean", "count").summary(F.col("_v")).alias("s")).first()
-    n_rows = int(summary.s["count"]) if summary is not None else 0
-    if n_rows < 2:
-        raise ParameterError(
-            f"PCA needs at least 2 rows with features, found {n_rows}. Fix: check the input "
-            "folder and the error column of the features (every image failed to decode?)."
-        )
-    mean = np.asarray(summary.s["mean"].toArray(), dtype=np.float64)
-    d = int(mean.shape[0])
-    check_pca_params(k, variance, d)
-    model = PCA(k=d, inputCol="_v", outputCol="_pc").fit(vec)
+    # The mean pass and the PCA fit (covariance + SVD) read the vectors twice:
+    # keep them in memory (n × d doubles, spilled to disk if needed) meanwhile.
+    vec = vec.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        summary = vec.select(Summarizer.metrics("mean", "count").summary(F.col("_v")).alias("s")).first()
+        n_rows = int(summary.s["count"]) if summary is not None else 0
+        if n_rows < 2:
+            raise ParameterError(
+                f"PCA needs at least 2 rows with features, found {n_rows}. Fix: check the input "
+                "folder and the error column of the features (every image failed to decode?)."
+            )
+        mean = np.asarray(summary.s["mean"].toArray(), dtype=np.float64)
+        d = int(mean.shape[0])
+        check_pca_params(k, variance, d)
+        model = PCA(k=d, inputCol="_v", outputCol="_pc").fit(vec)
+    finally:
+        vec.unpersist()
     explained = np.asarray(model.explainedVariance.toArray(), dtype=np.float64)
     chosen = int(k) if k is not None else choose_k(explained, float(variance))  # type: ignore[arg-type]
     components = np.asarray(model.pc.toArray(), dtype=np.float64)[:, :chosen]
