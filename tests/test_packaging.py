@@ -17,7 +17,7 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-MAKE_EXTRAS = ("spark", "tf", "plots", "dev", "notebooks")
+MAKE_EXTRAS = ("spark", "tf", "plots", "dev", "notebooks", "sparkmagic")
 
 
 def _pyproject():
