@@ -163,6 +163,11 @@ def load_images(
         ``path`` column (e.g. from an earlier listing). Glob characters in
         their names are escaped, so ``a[1].jpg`` is read literally.
 
+    Raises
+    ------
+    ParameterError
+        ``path`` is missing or holds no image (checked before any Spark job).
+
     Returns
     -------
     pyspark.sql.DataFrame
@@ -191,6 +196,7 @@ def load_images(
             return spark.createDataFrame([], _IMAGES_SCHEMA)
         raw = reader.load([_escape_glob(f) for f in files])
     else:
+        check_input(path, extensions, spark)  # a clear ParameterError, not Spark's PATH_NOT_FOUND
         raw = reader.load(str(storage.local_path(path)) if storage.is_local(path) else path)
     raw = raw.select("path", "content", "modificationTime", "length")
     # Spark makes no split for a zero-byte file, so it would vanish from the

@@ -156,3 +156,11 @@ def test_decode_refuses_declared_huge_image_without_decoding():
 
 def test_error_reasons_vocabulary():
     assert set(ERROR_REASONS) >= {"empty", "not_an_image", "truncated", "too_large", "lfs_pointer", "decode_error"}
+
+
+def test_load_images_fails_fast_with_the_fix(spark, tmp_path):
+    with pytest.raises(ParameterError, match="does not exist.*Fix"):
+        load_images(spark, str(tmp_path / "missing"))
+    (tmp_path / "Class A").mkdir()
+    with pytest.raises(ParameterError, match="holds no image"):
+        load_images(spark, str(tmp_path))

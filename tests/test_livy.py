@@ -350,6 +350,7 @@ def test_a_failing_cell_fails_the_papermill_run(runs):
     # the Livy session's exception and message reach the notebook
     missing = str(base / "no-such-input")
     assert missing in errors[0].evalue and "does not exist" in errors[0].evalue, errors[0].evalue
+    assert "Fix:" in errors[0].evalue, "p8utils' ParameterError (with the fix), not Spark's PATH_NOT_FOUND"
     assert not (base / "run-fail").exists(), "nothing may be written by a run that failed on its input"
 
 

@@ -2,7 +2,7 @@
 
 The slow tests execute 01 and 03 with papermill on data_sample/ (offline weights, local[2]) and run 02's
 code cells in a local Python kernel with a local session standing in for Livy's ``spark``. The real
-sparkmagic + Livy run of 02 is the EMR tests' business (tests/sparkmagic/).
+sparkmagic + Livy run of 02 is in tests/test_livy.py.
 """
 
 from __future__ import annotations
