@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated file extensions that count as images, case-insensitive")
     run.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="images declaring more pixels are reported as error 'too_large', not decoded")
+    run.add_argument("--images-per-partition", type=int, default=256,
+                     help="target images per Spark task: fewer, larger tasks amortize the per-task cost; "
+                          "never fewer tasks than cores")
     run.add_argument("--master", default=None,
                      help="Spark master for a new session, e.g. local[2] or spark://host:7077 "
                           "(default local[*]; ignored under spark-submit/Livy, which set it)")
@@ -112,7 +115,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run(
         args.input, args.output, model=args.model, weights=args.weights, k=args.k, variance=args.variance,
         batch_size=args.batch_size, engine=args.engine, seed=args.seed, mode=args.mode,
-        extensions=[e for e in args.extensions.split(",") if e], max_pixels=args.max_pixels, master=args.master,
+        extensions=[e for e in args.extensions.split(",") if e], max_pixels=args.max_pixels,
+        images_per_partition=args.images_per_partition, master=args.master,
     )
     m = result.manifest
     c, p = m["counts"], m["pca"]

@@ -102,26 +102,40 @@ def _tflite_interpreter_class():  # noqa: ANN202 - an Interpreter class
 
 
 def _tflite_predictor(spec: ModelSpec, flatbuffer: bytes, threads: int) -> Predictor:
-    """Create a TFLite interpreter (XNNPACK, ``threads`` threads) for the flatbuffer."""
+    """Create TFLite interpreters (XNNPACK, ``threads`` threads) for the flatbuffer.
+
+    Resizing an interpreter's input re-plans the XNNPACK runtime, so one
+    interpreter keeps the size of full batches and a second one serves the
+    shorter last chunk of a partition.
+    """
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        interpreter = _tflite_interpreter_class()(model_content=flatbuffer, num_threads=threads)
-    inp = interpreter.get_input_details()[0]["index"]
-    out = interpreter.get_output_details()[0]["index"]
     w, h = spec.input_size
-    allocated = {"n": -1}
+    interpreters: Dict[str, list] = {}
+
+    def run(slot: str, batch: np.ndarray) -> np.ndarray:
+        n = int(batch.shape[0])
+        if slot not in interpreters:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+                it = _tflite_interpreter_class()(model_content=flatbuffer, num_threads=threads)
+            interpreters[slot] = [it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"], -1]
+        entry = interpreters[slot]
+        it, inp, out, allocated = entry
+        if allocated != n:
+            it.resize_tensor_input(inp, [n, h, w, 3])
+            it.allocate_tensors()
+            entry[3] = n
+        it.set_tensor(inp, np.ascontiguousarray(batch, dtype=np.float32))
+        it.invoke()
+        return it.get_tensor(out).copy()
+
+    full = {"n": 0}
 
     def predict(batch: np.ndarray) -> np.ndarray:
         n = int(batch.shape[0])
-        if allocated["n"] != n:  # the last chunk of a partition may be shorter
-            interpreter.resize_tensor_input(inp, [n, h, w, 3])
-            interpreter.allocate_tensors()
-            allocated["n"] = n
-        interpreter.set_tensor(inp, np.ascontiguousarray(batch, dtype=np.float32))
-        interpreter.invoke()
-        return interpreter.get_tensor(out).copy()
+        full["n"] = max(full["n"], n)
+        return run("full" if n == full["n"] else "tail", batch)
 
     return predict
 

@@ -148,6 +148,7 @@ def load_images(
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
     *,
     files: Optional[Sequence[str]] = None,
+    images_per_partition: int = 256,
 ) -> DataFrame:
     """List and read the images below ``path`` with Spark's ``binaryFile`` source.
 
@@ -162,6 +163,9 @@ def load_images(
         Instead of ``path``: exactly these files, as Spark prints them in the
         ``path`` column (e.g. from an earlier listing). Glob characters in
         their names are escaped, so ``a[1].jpg`` is read literally.
+    images_per_partition : int
+        Target images per Spark task (partitions are merged, never split, and
+        never fewer than the default parallelism).
 
     Raises
     ------
@@ -210,7 +214,16 @@ def load_images(
         F.lit(None).cast("timestamp").alias("modificationTime"),
         F.lit(0).cast("long").alias("length"),
     )
-    return raw.unionByName(empties).select(
+    images = raw.unionByName(empties)
+    # Spark packs ~32 small files per partition (4 MB "open cost" each): tasks of
+    # a few dozen images whose fixed cost rivals the work. Merge them (narrow
+    # coalesce, no shuffle of bytes) to ~images_per_partition, never below the
+    # number of cores.
+    parallelism = spark.sparkContext.defaultParallelism
+    wanted = max(parallelism, -(-len(listed) // max(1, images_per_partition)))
+    if wanted < images.rdd.getNumPartitions():
+        images = images.coalesce(wanted)
+    return images.select(
         "path",
         F.regexp_extract("path", r"([^/]*)/[^/]*$", 1).alias("label"),
         "content",

@@ -185,6 +185,7 @@ def run(
     mode: str = "error",
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    images_per_partition: int = 256,
     master: Optional[str] = None,
     spark: Optional[SparkSession] = None,
 ) -> RunResult:
@@ -218,6 +219,8 @@ def run(
         File extensions that count as images, case-insensitive.
     max_pixels : int
         Images declaring more pixels are reported as ``too_large``.
+    images_per_partition : int
+        Target images per Spark task (see :func:`p8utils.images.load_images`).
     master : str, optional
         Spark master for a new local session (ignored if a session exists).
     spark : SparkSession, optional
@@ -256,7 +259,7 @@ def run(
     previous = _previous_run(output, mode, model, bundle.sha256, spark)
 
     with _stage(timings, "list_images", spark):
-        images = load_images(spark, input, extensions)
+        images = load_images(spark, input, extensions, images_per_partition=images_per_partition)
     builds = spark.sparkContext.accumulator(0)
     feature_args = dict(batch_size=batch_size, engine=engine, max_pixels=max_pixels, model_builds=builds)
     with _stage(timings, "featurize", spark):
@@ -294,6 +297,7 @@ def run(
             "input": input, "output": output, "model": model, "weights": weights, "engine": engine,
             "batch_size": batch_size, "k": k, "variance": variance, "seed": seed, "mode": mode,
             "extensions": list(normalise_extensions(extensions)), "max_pixels": max_pixels,
+            "images_per_partition": images_per_partition,
             "master": spark.sparkContext.master,
         },
         "weights": {"source": bundle.source, "sha256": bundle.sha256, "seed": bundle.seed,

@@ -308,7 +308,8 @@ def test_job_survives_losing_a_worker_during_featurization(cluster, sample_run, 
     cluster.ensure_workers()
     src, origin = copied_input
     out = tmp_path / "out"
-    args = ["--input", str(src), "--output", str(out), "--weights", "offline", "--k", "5"]
+    args = ["--input", str(src), "--output", str(out), "--weights", "offline", "--k", "5",
+            "--images-per-partition", "27"]  # 12 tasks: a worker can be lost mid-stage
     started = time.time()
     seen: dict = {}
     with Driver(cluster, args, tmp_path / "logs") as driver:

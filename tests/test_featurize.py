@@ -123,12 +123,12 @@ def test_model_built_once_per_worker_not_per_task(spark, tmp_path, sample_dir, o
         for f in image_files(sample_dir):
             (src / f.parent.name).mkdir(parents=True, exist_ok=True)
             (src / f.parent.name / f"{i}_{f.name}").write_bytes(f.read_bytes())
-    images = load_images(spark, str(src))
+    images = load_images(spark, str(src), images_per_partition=40)
     tasks = images.rdd.getNumPartitions()
     builds = spark.sparkContext.accumulator(0)
     out = featurize(images, offline_bundle, engine="tflite", model_builds=builds)
     assert out.where("error is null").count() == 240
     first = builds.value
-    assert tasks >= 4 and 1 <= first <= 2, (tasks, first)  # local[2]: two Python workers
+    assert tasks == 6 and 1 <= first <= 2, (tasks, first)  # local[2]: two Python workers
     assert out.where("error is null").count() == 240  # a second job: the workers' models are reused
     assert builds.value == first

@@ -328,7 +328,7 @@ def test_killed_run_leaves_previous_output_intact(spark, sample_dir, bigger_inpu
     before = _snapshot(out)
 
     proc = _cli(["--input", str(bigger_input), "--output", str(out), "--weights", "offline", "--k", "3",
-                 "--mode", "overwrite", "--master", "local[2]"])
+                 "--mode", "overwrite", "--master", "local[2]", "--images-per-partition", "27"])
     try:
         _wait_for(lambda: (out / "_staging").exists() and any(
             "pyspark.daemon" in _cmdline(p) for p in _descendants(proc.pid)), 240, "featurization to start")
@@ -355,7 +355,7 @@ def test_task_retried_after_python_worker_dies(bigger_input, tmp_path):
     """Kill a Python worker mid-featurization: Spark retries the task, every file appears once."""
     out = tmp_path / "o"
     proc = _cli(["--input", str(bigger_input), "--output", str(out), "--weights", "offline", "--k", "3",
-                 "--master", "local[2,4]"])
+                 "--master", "local[2,4]", "--images-per-partition", "27"])
     killed = None
     try:
         def busy_worker():
