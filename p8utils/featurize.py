@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 #: does not even import TensorFlow in the worker).
 ENGINES: Tuple[str, ...] = ("keras", "tflite")
 
-#: Engine used when none is given.
-DEFAULT_ENGINE = "keras"
+#: Engine used when none is given: tflite measured ~1.8x faster than keras here (make bench).
+DEFAULT_ENGINE = "tflite"
 
 #: Spark type of the UDF's result.
 FEATURES_TYPE = "struct<features:array<float>,error:string>"

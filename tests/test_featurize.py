@@ -29,7 +29,7 @@ def _rel_err(a, b):
 
 def test_spark_features_equal_direct_keras(spark, sample_dir, offline_bundle):
     files = image_files(sample_dir)
-    df = featurize(load_images(spark, str(sample_dir)), offline_bundle, batch_size=16)
+    df = featurize(load_images(spark, str(sample_dir)), offline_bundle, batch_size=16, engine="keras")
     assert df.columns == ["path", "label", "modificationTime", "length", "features", "error"]
     rows = {r.path.replace("file:", ""): r for r in df.select("path", "features", "error").collect()}
     assert len(rows) == len(files)
@@ -132,3 +132,22 @@ def test_model_built_once_per_worker_not_per_task(spark, tmp_path, sample_dir, o
     assert tasks == 6 and 1 <= first <= 2, (tasks, first)  # local[2]: two Python workers
     assert out.where("error is null").count() == 240  # a second job: the workers' models are reused
     assert builds.value == first
+
+
+def test_tflite_falls_back_to_tf_lite_without_litert(sample_dir, offline_bundle, monkeypatch):
+    """EMR's Python 3.9 has no ai_edge_litert wheel: the engine then uses tf.lite.Interpreter."""
+    import sys
+
+    from p8utils import featurize as feat
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    import tensorflow as tf
+
+    assert feat._tflite_interpreter_class() is tf.lite.Interpreter
+    feat._PREDICTORS.clear()
+    data = [f.read_bytes() for f in image_files(sample_dir)[:5]]
+    out = featurize_bytes(data, offline_bundle, engine="tflite")
+    feat._PREDICTORS.clear()
+    ref = featurize_bytes(data, offline_bundle, engine="keras")
+    assert _rel_err(np.stack(out.features), np.stack(ref.features)).max() <= 1e-4
