@@ -315,8 +315,10 @@ def _from_file(spec: ModelSpec, uri: str, spark: Optional[SparkSession]) -> Weig
             fh.write(storage.read_bytes(uri, spark))
         base = _application(spec)(weights=None, include_top=True)
         errors = []
-        # Keras' include-top file, then a file saved from the truncated model.
-        for target in (base, _truncate(base)):
+        # A .weights.h5 is saved from p8utils' truncated model; a Keras .h5 is include-top.
+        truncated = _truncate(base)
+        targets = (truncated, base) if suffix == ".weights.h5" else (base, truncated)
+        for target in targets:
             try:
                 target.load_weights(local)
                 break
