@@ -27,6 +27,7 @@ from p8utils.errors import ParameterError
 from p8utils.featurize import featurize_bytes
 
 from .conftest import ROOT, image_files
+from .spark_cluster import children, cmdline, descendants
 
 EXTS = ("jpg", "jpeg", "png")
 
@@ -274,32 +275,6 @@ def _cli(args, **kw):
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True, **kw)
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = _children(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def _wait_for(cond, timeout, what):
     end = time.time() + timeout
     while time.time() < end:
@@ -331,7 +306,7 @@ def test_killed_run_leaves_previous_output_intact(spark, sample_dir, bigger_inpu
                  "--mode", "overwrite", "--master", "local[2]", "--images-per-partition", "27"])
     try:
         _wait_for(lambda: (out / "_staging").exists() and any(
-            "pyspark.daemon" in _cmdline(p) for p in _descendants(proc.pid)), 240, "featurization to start")
+            "pyspark.daemon" in cmdline(p) for p in descendants(proc.pid)), 240, "featurization to start")
         time.sleep(2)
         assert proc.poll() is None, "the run finished before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
@@ -359,8 +334,8 @@ def test_task_retried_after_python_worker_dies(bigger_input, tmp_path):
     killed = None
     try:
         def busy_worker():
-            daemons = [p for p in _descendants(proc.pid) if "pyspark.daemon" in _cmdline(p)]
-            workers = [w for d in daemons for w in _children(d)]
+            daemons = [p for p in descendants(proc.pid) if "pyspark.daemon" in cmdline(p)]
+            workers = [w for d in daemons for w in children(d)]
             return workers if (out / "_staging").exists() and workers else None
 
         workers = _wait_for(busy_worker, 240, "a Python worker featurizing")
