@@ -1,4 +1,4 @@
-"""Tests of p8utils.plots: pure matplotlib, no Spark."""
+"""Tests of p8utils.notebook.plots: pure matplotlib, no Spark."""
 
 from __future__ import annotations
 
@@ -17,18 +17,14 @@ pytest.importorskip("matplotlib")
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from p8utils import plots  # noqa: E402
+from p8utils import pca  # noqa: E402
 from p8utils.errors import ParameterError  # noqa: E402
+from p8utils.notebook import figures, plots  # noqa: E402
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from ..conftest import ROOT  # noqa: E402
+from .conftest import png_size as _png_size  # noqa: E402
+
 SPECTRUM = [0.5, 0.3, 0.15, 0.05]
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == PNG_SIGNATURE
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return img.size
 
 
 def _legend_texts(fig: Figure) -> list[str]:
@@ -77,6 +73,25 @@ def test_k_for_thresholds_default_thresholds_and_float_rounding():
 
 def test_k_for_thresholds_unreachable_is_none():
     assert plots.k_for_thresholds([0.5, 0.3], (0.5, 0.9)) == {0.5: 1, 0.9: None}
+
+
+@pytest.mark.parametrize(
+    "explained",
+    [
+        SPECTRUM,
+        [0.6, 0.3, 0.1],  # cumulative 0.8999999999999999 at k = 2
+        list(np.full(10, 0.1)),  # sums to 0.9999999999999999: 1.0 must still be reached at k = 10
+        list(_decaying_spectrum(1280, scale=40.0)),  # width of MobileNetV2 features
+        list(np.array(SPECTRUM, dtype=np.float32)),
+    ],
+)
+def test_k_for_thresholds_agrees_with_pca_choose_k(explained):
+    thresholds = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+    ks = plots.k_for_thresholds(explained, thresholds)
+    ev = np.asarray(explained, dtype=np.float64)
+    assert ks == {t: pca.choose_k(ev, t) for t in thresholds}  # every target is reached here
+    assert ks == {t: pca.k_for_variance(ev, t) for t in thresholds}
+    assert ks[1.0] == pca.choose_k(ev, 1.0) <= ev.size
 
 
 @pytest.mark.parametrize(
@@ -141,7 +156,7 @@ def test_variance_plot_labels_annotations_and_png():
     assert "99 %: k = 4" in legend
     on_plot = [t.get_text() for t in ax_cum.texts]
     assert "k = 3" in on_plot and "k = 4" in on_plot
-    width, height = _png_size(plots.figure_to_png(fig))
+    width, height = _png_size(figures.figure_to_png(fig))
     assert width >= 600 and height >= 400
 
 
@@ -150,7 +165,7 @@ def test_variance_plot_threshold_not_reached():
     legend = _legend_texts(fig)
     assert "80 %: k = 2" in legend
     assert any(t.startswith("95 %: not reached") and "90 %" in t for t in legend), legend
-    _png_size(plots.figure_to_png(fig))
+    _png_size(figures.figure_to_png(fig))
 
 
 def test_variance_plot_default_and_explicit_x_range():
@@ -173,7 +188,7 @@ def test_variance_plot_large_d_renders():
     v = 1.0 / np.arange(1, 1281) ** 1.1
     fig = plots.variance_plot(v / v.sum(), title="MobileNetV2 features")
     assert fig._suptitle.get_text() == "MobileNetV2 features"
-    _png_size(plots.figure_to_png(fig, dpi=60))
+    _png_size(figures.figure_to_png(fig, dpi=60))
 
 
 # ---------------------------------------------------------------- scatter
@@ -189,7 +204,8 @@ def test_scatter_groups_extra_classes_as_other():
     assert legend[-1] == "other (10 classes)"
     # the 20 most frequent classes (Class 00..19) are named, the 10 rarest are not
     assert sorted(legend[:-1]) == [f"Class {i:02d}" for i in range(20)]
-    width, height = _png_size(plots.figure_to_png(fig))
+    assert fig._suptitle.get_text() == f"PC1 vs PC2 (n = {len(labels)} images, 30 classes)"
+    width, height = _png_size(figures.figure_to_png(fig))
     assert width >= 600 and height >= 400
 
 
@@ -225,7 +241,7 @@ def test_scatter_unicode_and_special_labels_render_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fig = plots.scatter(scores, labels)
-        data = plots.figure_to_png(fig)
+        data = figures.figure_to_png(fig)
     _png_size(data)
     legend = _legend_texts(fig)
     assert "Pomme rôtie" in legend
@@ -264,9 +280,10 @@ def test_scatter_3d():
     ax = fig.axes[0]
     assert ax.name == "3d"
     assert ax.get_zlabel() == "PC3 (10 % var.)"
+    assert fig._suptitle.get_text() == f"PC1, PC2, PC3 (n = {len(labels)} images, 24 classes)"
     legend = _legend_texts(fig)
     assert len(legend) == 21 and legend[-1] == "other (4 classes)"
-    _png_size(plots.figure_to_png(fig))
+    _png_size(figures.figure_to_png(fig))
     with pytest.raises(ParameterError, match="dims"):
         plots.scatter_3d(scores, labels, dims=(0, 1))
 
@@ -293,7 +310,7 @@ def test_image_grid_mixed_inputs_and_bad_bytes():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fig = plots.image_grid(images, labels, ncols=4)
-        data = plots.figure_to_png(fig)
+        data = figures.figure_to_png(fig)
     assert isinstance(fig, Figure)
     visible = [ax for ax in fig.axes if ax.axison]
     assert len(visible) == 6
@@ -316,30 +333,6 @@ def test_image_grid_real_fruit_photos_if_present():
 def test_image_grid_rejects_mismatched_labels():
     with pytest.raises(ParameterError, match="labels"):
         plots.image_grid([_jpeg_bytes((0, 0, 0))], ["a", "b"])
-
-
-# ---------------------------------------------------------------- output
-
-
-def test_save_figure_creates_parents(tmp_path):
-    fig = plots.variance_plot(SPECTRUM)
-    out = plots.save_figure(fig, tmp_path / "run" / "figures" / "variance.png", dpi=80)
-    assert out == (tmp_path / "run" / "figures" / "variance.png").absolute()
-    assert out.read_bytes()[:8] == PNG_SIGNATURE
-    out2 = plots.save_figure(fig, "file:" + str(tmp_path / "x" / "v.png"))
-    assert out2.is_file()
-
-
-def test_save_figure_rejects_remote_uri():
-    with pytest.raises(ParameterError, match="write_bytes"):
-        plots.save_figure(plots.variance_plot(SPECTRUM), "s3://bucket/figures/v.png")
-
-
-def test_figure_to_png_dpi_scales_output():
-    fig = plots.variance_plot(SPECTRUM)
-    w1, h1 = _png_size(plots.figure_to_png(fig, dpi=60))
-    w2, h2 = _png_size(plots.figure_to_png(fig, dpi=120))
-    assert w2 == pytest.approx(2 * w1, rel=0.05) and h2 == pytest.approx(2 * h1, rel=0.05)
 
 
 # ---------------------------------------------------------------- pyplot integration
@@ -367,7 +360,7 @@ def test_to_pyplot_adopts_an_existing_figure():
     fig = plots.scatter(np.zeros((3, 2)), ["a", "b", "c"])
     assert plots.to_pyplot(fig) is fig
     assert plt.gcf() is fig
-    _png_size(plots.figure_to_png(fig))
+    _png_size(figures.figure_to_png(fig))
 
 
 def test_to_pyplot_fallback_for_older_matplotlib(monkeypatch):
@@ -390,10 +383,114 @@ def test_import_does_not_touch_pyplot_or_backend():
     # dict.__getitem__ reads the raw rcParam without resolving (and so setting) a backend
     code = (
         "import sys, matplotlib; b = dict.__getitem__(matplotlib.rcParams, 'backend'); "
-        "import p8utils.plots; "
+        "import p8utils.notebook.plots; "
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
         "assert dict.__getitem__(matplotlib.rcParams, 'backend') is b, 'backend changed'"
     )
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+
+
+def test_subpackage_import_is_light_and_missing_matplotlib_names_the_fix():
+    code = (
+        "import sys; import p8utils.notebook, p8utils.notebook.paths, p8utils.notebook.summaries; "
+        "assert not {'matplotlib', 'tqdm'} & set(sys.modules), 'imported eagerly'; "
+        "sys.modules['matplotlib'] = None\n"
+        "try:\n    import p8utils.notebook.plots\n"
+        "except ImportError as exc:\n    assert \"pip install 'p8utils[notebooks]'\" in str(exc), exc\n"
+        "else:\n    raise AssertionError('no ImportError')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+
+
+# --------------------------------------------------------------------------
+# component extremes: the images at both ends of each component
+# --------------------------------------------------------------------------
+
+
+def test_extreme_indices_pick_both_ends_of_each_component():
+    scores = np.array([[0.0, 5.0, 1.0], [3.0, -1.0, 1.0], [-2.0, 0.0, 1.0], [1.0, 2.0, 1.0],
+                       [-5.0, 9.0, 1.0], [4.0, -7.0, 1.0]])
+    picked = plots.extreme_indices(scores, n_images=2, n_components=2)
+    assert picked.shape == (2, 2, 2) and picked.dtype == np.int64
+    assert picked[0, 0].tolist() == [4, 2] and picked[0, 1].tolist() == [5, 1]  # PC1: lowest first / highest first
+    assert picked[1, 0].tolist() == [5, 1] and picked[1, 1].tolist() == [4, 0]
+    # more components/images than there are: clipped; ties (column 3) keep row order, the ends never overlap
+    tied = plots.extreme_indices(scores, n_images=10, n_components=9)
+    assert tied.shape == (3, 2, 3)
+    assert tied[2, 0].tolist() == [0, 1, 2] and tied[2, 1].tolist() == [5, 4, 3]
+
+
+def test_extreme_indices_match_a_brute_force_choice_on_random_scores():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(500, 4))
+    picked = plots.extreme_indices(scores, n_images=5, n_components=3)
+    for j in range(3):
+        assert set(picked[j, 0]) == set(np.argsort(scores[:, j])[:5])
+        assert set(picked[j, 1]) == set(np.argsort(scores[:, j])[-5:])
+        assert np.all(np.diff(scores[picked[j, 0], j]) >= 0) and np.all(np.diff(scores[picked[j, 1], j]) <= 0)
+
+
+@pytest.mark.parametrize("scores, kw, match", [
+    (np.zeros(5), {}, "shape"),
+    (np.zeros((1, 3)), {}, "n >= 2"),
+    (np.zeros((4, 3)), {"n_images": 0}, "n_images"),
+    (np.zeros((4, 3)), {"n_components": 0}, "n_components"),
+])
+def test_extreme_indices_rejects_bad_input(scores, kw, match):
+    with pytest.raises(ParameterError, match=match):
+        plots.extreme_indices(scores, **kw)
+
+
+def _tile(colour: tuple[int, int, int], size: int = 48) -> np.ndarray:
+    img = np.full((size, size, 3), 255, dtype=np.uint8)
+    img[8:-8, 8:-8] = colour
+    return img
+
+
+def test_component_extremes_grid_labels_and_png():
+    m, p = 3, 4
+    low = [[_tile((30 * i, 0, 200)) for i in range(p)] for _ in range(m)]
+    high = [[_tile((200, 40 * i, 0)) for i in range(p)] for _ in range(m)]
+    low[1][2] = b"not an image"  # shown as "cannot decode", never an error
+    labels_low = [[f"low {j}-{i}" for i in range(p)] for j in range(m)]
+    labels_high = [[f"high {j}-{i}" for i in range(p)] for j in range(m)]
+    fig = plots.component_extremes(low, high, labels_low, labels_high, explained=SPECTRUM)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == m * 2 * p
+    with_image = [ax for ax in fig.axes if ax.images]
+    assert len(with_image) == m * 2 * p - 1
+    assert any("cannot" in t.get_text() for ax in fig.axes for t in ax.texts)
+    rows = [fig.axes[j * 2 * p].get_ylabel() for j in range(m)]
+    assert rows == ["PC1\n(50 % var.)", "PC2\n(30 % var.)", "PC3\n(15 % var.)"]
+    assert [ax.get_xlabel() for ax in fig.axes[:2 * p]] == labels_low[0] + labels_high[0]
+    assert fig.axes[0].get_title(loc="left") == "lowest" and fig.axes[2 * p - 1].get_title(loc="right") == "highest"
+    # low images sit left of the high ones, with a gap between the two ends
+    x0 = [ax.get_position().x0 for ax in fig.axes[:2 * p]]
+    assert x0 == sorted(x0) and x0[p] - x0[p - 1] > 1.2 * (x0[1] - x0[0])
+    png = figures.figure_to_png(fig)
+    w, h = _png_size(png)
+    assert w > 600 and h > 300
+    arr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 20  # not blank: the tiles' colours are there
+
+
+def test_component_extremes_without_labels_and_with_pyplot():
+    import matplotlib.pyplot as plt
+
+    fig = plots.component_extremes([[_tile((0, 128, 0))]], [[_tile((128, 0, 0))]], components=[4], pyplot=True)
+    assert plt.gcf() is fig and len(fig.axes) == 2
+    assert fig.axes[0].get_ylabel() == "PC5" and "PC5" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("low, high, kw, match", [
+    ([], [], {}, "one row"),
+    ([[None]], [[None], [None]], {}, "one row"),
+    ([[None, None]], [[None]], {}, "same number"),
+    ([[None]], [[None]], {"labels_low": [["a", "b"]]}, "labels_low"),
+    ([[None]], [[None]], {"components": [0, 1]}, "components"),
+])
+def test_component_extremes_rejects_bad_input(low, high, kw, match):
+    with pytest.raises(ParameterError, match=match):
+        plots.component_extremes(low, high, **kw)

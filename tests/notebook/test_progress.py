@@ -1,4 +1,4 @@
-"""Tests of p8utils.progress: Spark status-tracker polling, displays, clean stop."""
+"""Tests of p8utils.notebook.progress: Spark status-tracker polling, displays, clean stop."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections import namedtuple
 
 import pytest
 
-from p8utils import progress
 from p8utils.errors import ParameterError
-from p8utils.progress import SparkProgress, spark_progress
+from p8utils.notebook import progress
+from p8utils.notebook.progress import SparkProgress, spark_progress
 
 Job = namedtuple("Job", "jobId stageIds status")
 Stage = namedtuple("Stage", "stageId currentAttemptId name numTasks numActiveTasks numCompletedTasks numFailedTasks")

@@ -5,6 +5,8 @@ thread polls ``spark.sparkContext.statusTracker()`` and counts the tasks of the
 Spark jobs *started inside the block* (jobs of the calling thread's job group
 that did not exist when the block began)::
 
+    from p8utils.notebook import progress
+
     with progress.spark_progress(spark, "featurize + PCA"):
         result = pipeline.run(...)
 
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Set, TextIO, Tuple
 
 from p8utils.errors import ParameterError
+from p8utils.validation import check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -123,8 +126,7 @@ def _isatty(stream: Any) -> bool:
 
 def _choose_display(display: str, file: Optional[TextIO]) -> str:
     """Resolve ``"auto"`` and fall back to text when tqdm is missing."""
-    if display not in DISPLAYS:
-        raise ParameterError(f"display={display!r} is not valid. Fix: use one of {list(DISPLAYS)}.")
+    check_choice("display", display, DISPLAYS)
     if display in ("text", "off"):
         return display
     try:

@@ -1,4 +1,4 @@
-"""Figures for the PCA analysis: explained variance, score scatters, image grids.
+"""Figures for the PCA analysis: explained variance, score scatters, image grids, component extremes.
 
 Every function is pure (no Spark) and returns a :class:`matplotlib.figure.Figure`.
 
@@ -14,8 +14,9 @@ same way:
   the backend of the caller;
 * local Jupyter (``%matplotlib inline``): make the figure the last expression of
   the cell, or call ``IPython.display.display(fig)``;
-* saving: :func:`figure_to_png` (bytes, e.g. for ``p8utils.storage.write_bytes``
-  to ``s3://``) or :func:`save_figure` (local file).
+* saving: :func:`p8utils.notebook.figures.save_figure` (a PNG to a local path
+  or any Hadoop URI, ``s3://`` on EMR) or
+  :func:`p8utils.notebook.figures.figure_to_png` (the bytes).
 
 sparkmagic's ``%matplot plt`` (EMR notebooks, PySpark kernel) renders the
 *current pyplot figure* on the cluster, so there the figure must be managed by
@@ -44,31 +45,36 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from p8utils.errors import ParameterError
+from p8utils.notebook import missing_extra
+from p8utils.pca import VARIANCE_TOLERANCE, k_for_variance
+from p8utils.validation import check_fraction, check_int
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+except ImportError as exc:  # pragma: no cover - the notebook extras are not installed
+    raise missing_extra("matplotlib", "p8utils.notebook.plots") from exc
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "class_styles",
-    "figure_to_png",
+    "component_extremes",
+    "extreme_indices",
     "image_grid",
     "k_for_thresholds",
-    "save_figure",
     "scatter",
     "scatter_3d",
     "to_pyplot",
@@ -78,10 +84,6 @@ __all__ = [
 
 #: Cumulative explained-variance targets marked by default.
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.90, 0.95, 0.99)
-
-#: Tolerance when comparing a cumulative sum with a threshold (float rounding:
-#: ``0.5 + 0.3 + 0.15`` is ``0.9500000000000001`` but ``0.6 + 0.3`` is ``0.8999999999999999``).
-_TOL = 1e-9
 
 #: Colour of the points grouped as "other".
 _OTHER_COLOUR = "#b0b0b0"
@@ -156,7 +158,7 @@ def to_pyplot(fig: Figure) -> Figure:
     if not isinstance(fig, Figure):
         raise ParameterError(
             f"fig={fig!r}: expected a matplotlib.figure.Figure, got {type(fig).__name__}; "
-            "pass the object returned by a p8utils.plots function"
+            "pass the object returned by a p8utils.notebook.plots function"
         )
     try:  # matplotlib >= 3.10: pyplot.figure adopts an unmanaged Figure
         return plt.figure(fig)
@@ -175,82 +177,6 @@ def to_pyplot(fig: Figure) -> Figure:
             "to_pyplot(fig): this matplotlib version cannot register an existing figure "
             f"with pyplot ({exc}); create the figure with pyplot=True instead"
         ) from exc
-
-
-def figure_to_png(fig: Figure, dpi: int = 120) -> bytes:
-    """Render a figure to PNG bytes.
-
-    The whole figure is kept (``bbox_inches="tight"``, so a legend outside the
-    axes is never cut) on a white background, whatever the notebook theme.
-
-    Parameters
-    ----------
-    fig : matplotlib.figure.Figure
-        Figure to render.
-    dpi : int, default 120
-        Resolution in dots per inch; a 9 x 5.5 in figure gives about 1080 x 660 px.
-
-    Returns
-    -------
-    bytes
-        The PNG file content (starting with the 8-byte PNG signature).
-    """
-    if not isinstance(fig, Figure):
-        raise ParameterError(
-            f"fig={fig!r}: expected a matplotlib.figure.Figure, got {type(fig).__name__}"
-        )
-    if dpi <= 0:
-        raise ParameterError(f"dpi={dpi!r}: must be a positive number of dots per inch, e.g. 120")
-    buf = io.BytesIO()
-    fig.savefig(
-        buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15, facecolor="white"
-    )
-    return buf.getvalue()
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write a figure as a PNG file on the local file system.
-
-    Parent folders are created. For ``s3://`` or ``hdfs://`` destinations use
-    ``p8utils.storage.write_bytes(uri, figure_to_png(fig), spark)``.
-
-    Parameters
-    ----------
-    fig : matplotlib.figure.Figure
-        Figure to save.
-    path : str or os.PathLike
-        Local destination (``~`` is expanded, ``file:`` prefixes are accepted).
-        The content is PNG whatever the suffix; use a ``.png`` name.
-    dpi : int, default 120
-        Resolution in dots per inch.
-
-    Returns
-    -------
-    pathlib.Path
-        Absolute path of the written file.
-
-    Raises
-    ------
-    ParameterError
-        If ``path`` is a remote URI.
-    """
-    text = os.fspath(path)
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    if "://" in text and not text.startswith("file://"):
-        raise ParameterError(
-            f"path={text!r}: save_figure writes local files only; for a remote URI use "
-            "p8utils.storage.write_bytes(uri, figure_to_png(fig), spark)"
-        )
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    elif text.startswith("file:"):
-        text = text[len("file:"):]
-    out = Path(text).expanduser().absolute()
-    data = figure_to_png(fig, dpi=dpi)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -277,7 +203,7 @@ def _as_explained(explained: Any) -> np.ndarray:
             f"explained has shape {arr.shape}: expected a non-empty 1-D array of "
             "explained-variance ratios, one per component (e.g. PCAModel.explainedVariance)"
         )
-    if not np.all(np.isfinite(arr)) or np.any(arr < -_TOL):
+    if not np.all(np.isfinite(arr)) or np.any(arr < -VARIANCE_TOLERANCE):
         raise ParameterError(
             "explained contains negative, NaN or infinite values: expected ratios in [0, 1]"
         )
@@ -305,39 +231,13 @@ def _as_thresholds(thresholds: Sequence[float]) -> list[float]:
     """
     if isinstance(thresholds, (int, float)):
         thresholds = [thresholds]
-    out = sorted({float(t) for t in thresholds})
-    bad = [t for t in out if not 0.0 < t <= 1.0]
-    if bad:
-        raise ParameterError(
-            f"thresholds={list(thresholds)!r}: each threshold is a fraction in (0, 1], "
-            "e.g. 0.95 for 95 %"
-        )
-    return out
+    return sorted({float(check_fraction("thresholds", t)) for t in thresholds})
 
 
 def _pct(fraction: float, decimals: int = 1) -> str:
     """Format a fraction as a percentage, ``0.9 -> "90 %"``, ``0.995 -> "99.5 %"``."""
     text = f"{fraction * 100:.{decimals}f}".rstrip("0").rstrip(".")
     return f"{text} %"
-
-
-def _k_for(cumulative: np.ndarray, threshold: float) -> int | None:
-    """Smallest number of components whose cumulative ratio reaches ``threshold``.
-
-    Parameters
-    ----------
-    cumulative : numpy.ndarray, shape (d,), dtype float64
-        Cumulative explained-variance ratio.
-    threshold : float
-        Target in (0, 1].
-
-    Returns
-    -------
-    int or None
-        ``k`` in 1..d, or None if the target is never reached.
-    """
-    hits = np.flatnonzero(cumulative >= threshold - _TOL)
-    return int(hits[0]) + 1 if hits.size else None
 
 
 def k_for_thresholds(
@@ -359,15 +259,17 @@ def k_for_thresholds(
     dict of float to int or None
         ``{threshold: k}`` in ascending threshold order; ``k`` counts components
         (1-based: ``k = 3`` means PC1..PC3) and is None when even all ``d``
-        components do not reach the threshold.
+        components do not reach the threshold. Each ``k`` is
+        :func:`p8utils.pca.k_for_variance`'s (the pipeline's k choice, same
+        tolerance :data:`p8utils.pca.VARIANCE_TOLERANCE`).
 
     Examples
     --------
     >>> k_for_thresholds([0.5, 0.3, 0.15, 0.05], (0.9, 0.95, 0.99))
     {0.9: 3, 0.95: 3, 0.99: 4}
     """
-    cumulative = np.cumsum(_as_explained(explained))
-    return {t: _k_for(cumulative, t) for t in _as_thresholds(thresholds)}
+    ratios = _as_explained(explained)
+    return {t: k_for_variance(ratios, t) for t in _as_thresholds(thresholds)}
 
 
 def variance_table(
@@ -420,7 +322,7 @@ def variance_table(
     for k in sorted(set(ks_list)):
         rows.append({"k": k, "threshold": np.nan})
     for t in _as_thresholds(thresholds):
-        rows.append({"k": _k_for(cumulative, t), "threshold": t})
+        rows.append({"k": k_for_variance(ratios, t), "threshold": t})
     for row in rows:
         k = row["k"]
         row["explained_variance"] = float(ratios[k - 1]) if k is not None else np.nan
@@ -523,7 +425,7 @@ def variance_plot(
     d = ratios.size
     cumulative = np.cumsum(ratios)
     ts = _as_thresholds(thresholds)
-    ks = {t: _k_for(cumulative, t) for t in ts}
+    ks = {t: k_for_variance(ratios, t) for t in ts}
 
     if max_components is None:
         reached = [k for k in ks.values() if k is not None]
@@ -532,12 +434,7 @@ def variance_plot(
         else:
             m = d
     else:
-        m = int(max_components)
-        if m < 1:
-            raise ParameterError(
-                f"max_components={max_components!r}: must be >= 1 (or None for automatic)"
-            )
-        m = min(m, d)
+        m = min(int(check_int("max_components", max_components, 1, example=50)), d)
 
     fig = _new_figure(figsize, pyplot)
     ax = fig.add_subplot()
@@ -737,8 +634,7 @@ def _check_scores(
             f"dims={tuple(dims)!r}: expected distinct 0-based component indices below "
             f"m = {arr.shape[1]} (scores has shape {arr.shape}); e.g. dims=(0, 1) for PC1/PC2"
         )
-    if top_n is not None and top_n < 0:
-        raise ParameterError(f"top_n={top_n!r}: must be >= 0 (or None to name every class)")
+    check_int("top_n", top_n, 0, example=20, optional=True)
     return arr, text, dims_t
 
 
@@ -831,6 +727,66 @@ def _draw_classes(
     return handles, names, len(counts), arr.shape[0]
 
 
+def _class_scatter(
+    scores: Any,
+    labels: Sequence[str],
+    dims: Sequence[int],
+    top_n: int | None,
+    explained: Sequence[float] | None,
+    style: tuple[bool, float | None, float],
+    *,
+    legend_rows: int,
+    figsize: tuple[float, float] | None,
+    base_size: tuple[float, float],
+    projection: str | None,
+    pyplot: bool,
+) -> tuple[Figure, Any, list[Any], list[str], str]:
+    """Check the inputs, make the figure and draw every class: the part :func:`scatter` and :func:`scatter_3d` share.
+
+    Parameters
+    ----------
+    scores, labels, dims, top_n, explained
+        As in :func:`scatter` (``dims`` has one index per axis).
+    style : tuple of (bool, float or None, float)
+        ``(show_counts, point_size, alpha)``, as in :func:`scatter`.
+    legend_rows : int
+        Legend entries per column (the default width grows with the columns).
+    figsize : tuple of (float, float) or None
+        Explicit size in inches; None for ``base_size`` widened by 2.5 in per legend column.
+    base_size : tuple of (float, float)
+        Width and height in inches before the legend columns.
+    projection : str or None
+        ``None`` (2-D) or ``"3d"``.
+    pyplot : bool
+        Create the figure through pyplot.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    ax : matplotlib.axes.Axes
+        The axes, its axis labels set (``"PC1 (23.4 % var.)"``).
+    handles : list of matplotlib.lines.Line2D
+        Legend handles.
+    names : list of str
+        Legend labels.
+    title : str
+        The default title: ``"PC1 vs PC2 (n = … images, … classes)"`` (2-D) or
+        ``"PC1, PC2, PC3 (n = …)"`` (3-D).
+    """
+    arr, text, dims_t = _check_scores(scores, labels, dims, top_n)
+    ratios = None if explained is None else _as_explained(explained)
+    n_entries = min(len(set(text)), (top_n if top_n is not None else len(text)) + 1)
+    ncol = max(1, math.ceil(n_entries / legend_rows))
+    fig = _new_figure(figsize or (base_size[0] + 2.5 * ncol, base_size[1]), pyplot)
+    ax = fig.add_subplot(projection=projection)
+    handles, names, n_classes, n = _draw_classes(ax, arr, text, dims_t, top_n, *style)
+    setters = (ax.set_xlabel, ax.set_ylabel, getattr(ax, "set_zlabel", None))
+    for set_label, dim in zip(setters, dims_t):
+        set_label(_axis_label(dim, ratios))
+    axes = (" vs " if len(dims_t) == 2 else ", ").join(f"PC{i + 1}" for i in dims_t)
+    return fig, ax, handles, names, f"{axes} (n = {n} images, {n_classes} classes)"
+
+
 def _outside_legend(ax: Any, handles: list[Any], names: list[str], rows: int) -> Any:
     """Legend to the right of ``ax``, in columns of at most ``rows`` entries."""
     ncol = max(1, math.ceil(len(names) / rows))
@@ -902,25 +858,15 @@ def scatter(
     """
     if len(dims) != 2:
         raise ParameterError(f"dims={tuple(dims)!r}: scatter needs two dims, e.g. (0, 1)")
-    arr, text, dims_t = _check_scores(scores, labels, dims, top_n)
-    ratios = None if explained is None else _as_explained(explained)
-    n_entries = min(len(set(text)), (top_n if top_n is not None else len(text)) + 1)
-    ncol = max(1, math.ceil(n_entries / legend_rows))
-    fig = _new_figure(figsize or (8.0 + 2.5 * ncol, 6.5), pyplot)
-    ax = fig.add_subplot()
-    handles, names, n_classes, n = _draw_classes(
-        ax, arr, text, dims_t, top_n, show_counts, point_size, alpha
+    fig, ax, handles, names, default_title = _class_scatter(
+        scores, labels, dims, top_n, explained, (show_counts, point_size, alpha),
+        legend_rows=legend_rows, figsize=figsize, base_size=(8.0, 6.5), projection=None, pyplot=pyplot,
     )
-    ax.set_xlabel(_axis_label(dims_t[0], ratios))
-    ax.set_ylabel(_axis_label(dims_t[1], ratios))
     ax.axhline(0.0, color="0.85", linewidth=0.8, zorder=0)
     ax.axvline(0.0, color="0.85", linewidth=0.8, zorder=0)
     ax.grid(color="0.95", zorder=0)
     _outside_legend(ax, handles, names, legend_rows)
-    if title is None:
-        title = (f"PC{dims_t[0] + 1} vs PC{dims_t[1] + 1} "
-                 f"(n = {n} images, {n_classes} classes)")
-    fig.suptitle(title)
+    fig.suptitle(default_title if title is None else title)
     return fig
 
 
@@ -973,18 +919,10 @@ def scatter_3d(
 
     if len(dims) != 3:
         raise ParameterError(f"dims={tuple(dims)!r}: scatter_3d needs three dims, e.g. (0, 1, 2)")
-    arr, text, dims_t = _check_scores(scores, labels, dims, top_n)
-    ratios = None if explained is None else _as_explained(explained)
-    n_entries = min(len(set(text)), (top_n if top_n is not None else len(text)) + 1)
-    ncol = max(1, math.ceil(n_entries / legend_rows))
-    fig = _new_figure(figsize or (7.5 + 2.5 * ncol, 7.0), pyplot)
-    ax = fig.add_subplot(projection="3d")
-    handles, names, n_classes, n = _draw_classes(
-        ax, arr, text, dims_t, top_n, show_counts, point_size, alpha
+    fig, ax, handles, names, default_title = _class_scatter(
+        scores, labels, dims, top_n, explained, (show_counts, point_size, alpha),
+        legend_rows=legend_rows, figsize=figsize, base_size=(7.5, 7.0), projection="3d", pyplot=pyplot,
     )
-    ax.set_xlabel(_axis_label(dims_t[0], ratios))
-    ax.set_ylabel(_axis_label(dims_t[1], ratios))
-    ax.set_zlabel(_axis_label(dims_t[2], ratios))
     ax.view_init(elev=elev, azim=azim)
     # A figure legend placed "outside" gets its own column from the constrained
     # layout, clear of the z-axis label (an axes legend would overlap it).
@@ -997,10 +935,7 @@ def scatter_3d(
         fig.legend(handles, names, loc="outside right upper", **legend_kw)
     except ValueError:
         fig.legend(handles, names, loc="upper left", bbox_to_anchor=(0.8, 0.95), **legend_kw)
-    if title is None:
-        title = (f"PC{dims_t[0] + 1}, PC{dims_t[1] + 1}, PC{dims_t[2] + 1} "
-                 f"(n = {n} images, {n_classes} classes)")
-    fig.suptitle(title)
+    fig.suptitle(default_title if title is None else title)
     return fig
 
 
@@ -1107,9 +1042,7 @@ def image_grid(
             f"labels has {len(names)} entries but images has {len(images)}: "
             "pass one label per image"
         )
-    if ncols < 1:
-        raise ParameterError(f"ncols={ncols!r}: must be >= 1")
-    ncols = min(ncols, len(images))
+    ncols = min(int(check_int("ncols", ncols, 1, example=6)), len(images))
     nrows = math.ceil(len(images) / ncols)
     fig = _new_figure((cell_size * ncols, cell_size * 1.15 * nrows + (0.4 if title else 0.0)),
                       pyplot)
@@ -1133,4 +1066,170 @@ def image_grid(
             spine.set_visible(False)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# what a component means: the images at both ends
+# --------------------------------------------------------------------------
+
+
+def extreme_indices(scores: Any, n_images: int = 5, n_components: int = 3) -> np.ndarray:
+    """Rows with the lowest and the highest scores on each of the first components.
+
+    Parameters
+    ----------
+    scores : array_like, shape (n, k), float
+        PCA scores (e.g. ``ScoreSample.scores``; a bounded sample of the images).
+    n_images : int, default 5
+        Images per end, at least 1; fewer when ``n < 2 * n_images`` (the two
+        ends never share a row).
+    n_components : int, default 3
+        Components, from PC1; at most ``k``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (m, 2, p), dtype int64
+        ``m = min(n_components, k)``, ``p = min(n_images, n // 2)``:
+        ``[j, 0]`` the rows of the ``p`` lowest scores on component ``j``,
+        lowest first; ``[j, 1]`` the ``p`` highest, highest first. Tied
+        scores are ordered by row (stable sort): earlier rows count as lower.
+
+    Raises
+    ------
+    ParameterError
+        ``scores`` is not 2-D with at least 2 rows, or a bad count.
+
+    Examples
+    --------
+    >>> extreme_indices([[0.0], [3.0], [-2.0], [1.0]], n_images=1, n_components=1).tolist()
+    [[[2], [1]]]
+    """
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 1:
+        raise ParameterError(
+            f"scores has shape {arr.shape}: expected (n images, k components) with n >= 2 and k >= 1, "
+            "e.g. ScoreSample.scores"
+        )
+    p = min(int(check_int("n_images", n_images, 1, example=5)), arr.shape[0] // 2)
+    m = min(int(check_int("n_components", n_components, 1, example=3)), arr.shape[1])
+    out = np.empty((m, 2, p), dtype=np.int64)
+    for j in range(m):
+        order = np.argsort(arr[:, j], kind="stable")
+        out[j, 0] = order[:p]
+        out[j, 1] = order[::-1][:p]
+    return out
+
+
+def component_extremes(
+    images_low: Sequence[Sequence[np.ndarray | bytes | bytearray | memoryview | None]],
+    images_high: Sequence[Sequence[np.ndarray | bytes | bytearray | memoryview | None]],
+    labels_low: Sequence[Sequence[str]] | None = None,
+    labels_high: Sequence[Sequence[str]] | None = None,
+    *,
+    explained: Sequence[float] | None = None,
+    components: Sequence[int] | None = None,
+    title: str | None = None,
+    cell_size: float = 1.35,
+    max_label_chars: int = 20,
+    pyplot: bool = False,
+) -> Figure:
+    """Show, for each component, the images with the lowest and the highest scores, side by side.
+
+    One row per component: its ``p`` lowest-scoring images on the left (lowest
+    first, from the left edge), then its ``p`` highest on the right (highest at
+    the right edge), so what changes from one end to the other is what the
+    component measures. Pick the images with :func:`extreme_indices`.
+
+    Parameters
+    ----------
+    images_low, images_high : sequence of m sequences of p images
+        Per component, the images at each end (``uint8`` arrays or encoded
+        file bytes, as in :func:`image_grid`; None shows "cannot decode").
+        Every row has the same ``p`` on both sides.
+    labels_low, labels_high : sequence of m sequences of p str, optional
+        Class of each image, shown under it.
+    explained : array_like, shape (d,), float, optional
+        Explained-variance ratios, for the row names (``"PC1 (12.3 % var.)"``).
+    components : sequence of int, optional
+        0-based component of each row (default ``0 .. m-1``).
+    title : str, optional
+        Figure title; default names the two ends.
+    cell_size : float, default 1.35
+        Size of one image in inches.
+    max_label_chars : int, default 20
+        Wrap width of the labels, in characters.
+    pyplot : bool, default False
+        Create the figure through pyplot (for sparkmagic ``%matplot plt``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``m * 2p`` image axes (ticks hidden), row by row: low images then high
+        images; the first axes of each row is labelled with the component.
+
+    Raises
+    ------
+    ParameterError
+        No component, rows of different lengths, or labels not matching the images.
+    """
+    low = [list(row) for row in images_low]
+    high = [list(row) for row in images_high]
+    if not low or len(low) != len(high):
+        raise ParameterError(
+            f"images_low has {len(low)} rows and images_high {len(high)}: pass one row of images per "
+            "component on each side (at least one), e.g. from extreme_indices"
+        )
+    p = len(low[0])
+    if p == 0 or any(len(row) != p for row in low + high):
+        raise ParameterError(
+            "every row of images_low and images_high must hold the same number (>= 1) of images; "
+            f"got {[len(r) for r in low]} and {[len(r) for r in high]}"
+        )
+    m = len(low)
+
+    def _labels(given: Sequence[Sequence[str]] | None, side: str) -> list[list[str]]:
+        if given is None:
+            return [[""] * p for _ in range(m)]
+        rows = [[_label_text(v) for v in row] for row in given]
+        if len(rows) != m or any(len(row) != p for row in rows):
+            raise ParameterError(f"labels_{side} must have the shape of images_{side}: {m} rows of {p}")
+        return rows
+
+    names_low, names_high = _labels(labels_low, "low"), _labels(labels_high, "high")
+    comps = list(range(m)) if components is None else [int(c) for c in components]
+    if len(comps) != m:
+        raise ParameterError(f"components has {len(comps)} entries for {m} rows: pass one per row")
+    ratios = None if explained is None else _as_explained(explained)
+    with_labels = labels_low is not None or labels_high is not None
+    gap = 0.35
+    fig = _new_figure((cell_size * (2 * p + gap) + 1.0,
+                       cell_size * (1.25 if with_labels else 1.05) * m + 0.6), pyplot)
+    grid = fig.add_gridspec(m, 2 * p + 1, width_ratios=[1.0] * p + [gap] + [1.0] * p)
+    for j in range(m):
+        row = [(low[j][i], names_low[j][i], grid[j, i]) for i in range(p)]
+        row += [(high[j][i], names_high[j][i], grid[j, p + 1 + i]) for i in range(p)]
+        for col, (image, name, cell) in enumerate(row):
+            ax = fig.add_subplot(cell)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            arr = _to_rgb_array(image)
+            if arr is None:
+                ax.set_facecolor("0.9")
+                ax.text(0.5, 0.5, "cannot\ndecode", ha="center", va="center", color="#b22222",
+                        transform=ax.transAxes, fontsize="x-small")
+            else:
+                ax.imshow(arr, interpolation="antialiased")
+            if name:
+                ax.set_xlabel(_wrap_title(_escape(name), max_label_chars), fontsize="x-small")
+            if col == 0:
+                ax.set_ylabel(_axis_label(comps[j], ratios).replace(" (", "\n("), fontsize="small")
+            if j == 0 and col in (0, 2 * p - 1):
+                ax.set_title("lowest" if col == 0 else "highest", fontsize="small", loc="left" if col == 0
+                             else "right", color="#555555")
+    fig.suptitle(title if title is not None else
+                 f"Images at both ends of PC{comps[0] + 1}" + (f"–PC{comps[-1] + 1}" if m > 1 else "")
+                 + f": {p} lowest scores (left), {p} highest (right)")
     return fig

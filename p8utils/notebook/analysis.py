@@ -1,0 +1,196 @@
+"""The PCA analysis of a run, as one call: what notebook 03 shows, and notebook 02 on the cluster.
+
+:func:`analyse_run` reads a run's ``features/``, fits the PCA once (every
+component's explained variance), draws the scree + cumulative plot, the
+``k`` → variance table, the class scatters and the images at both ends of
+the first components, and writes them under ``<output>/figures/`` and
+``<output>/variance_table.csv``, with the interactive explorer page
+``<output>/explorer.html`` (:mod:`p8utils.notebook.explorer`; default
+``<output>`` = ``<run>/analysis``), locally or on S3. Notebook 03 (local kernel) and notebook
+02 (sparkmagic on EMR, where the run is on S3) both call it, so the analysis of
+a cluster run is made on the cluster, with the cluster's filesystem.
+
+Examples
+--------
+>>> analysis = analyse_run(spark, "runs/demo")            # doctest: +SKIP
+>>> analysis.figures["scree_cumulative"]                  # doctest: +SKIP
+>>> print(analysis.summary())                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
+
+from p8utils import pca, runs, storage
+from p8utils.notebook import explorer as explorer_page
+from p8utils.notebook import figures, plots, samples, summaries
+from p8utils.validation import check_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from pyspark.sql import SparkSession
+
+__all__ = ["Analysis", "analyse_run"]
+
+#: Components kept for the scatter plots (and the component-extremes figure, the explorer's tabs).
+_PLOTTED_COMPONENTS = 3
+
+#: Side in pixels of the images read for the component-extremes figure.
+_EXTREME_IMAGE_PX = 160
+
+
+@dataclass
+class Analysis:
+    """What :func:`analyse_run` made.
+
+    Attributes
+    ----------
+    run : RunLayout
+        The analysed run.
+    output : str
+        Folder the files were written to.
+    fit : PCAResult
+        The PCA fit (``explained_variance`` of shape ``(d,)``; 3 components kept).
+    scores : ScoreSample
+        The plotted sample of PC scores (``(n, 3)`` float64).
+    table : pandas.DataFrame
+        Cumulative explained variance at a few ``k`` and at each threshold.
+    figures : dict of str to Figure
+        ``scree_cumulative``, ``pc1_pc2``, ``pc1_pc3`` and, if drawn, ``pc1_pc2_pc3_3d`` and
+        ``component_extremes`` (the images with the lowest and highest scores on PC1–PC3).
+    files : dict of str to str
+        Where each figure, the table and (``"explorer"``) the explorer page were written.
+    thresholds : tuple of float
+        The cumulative-variance targets marked.
+    explorer : str or None
+        Where the explorer page was written (``<output>/explorer.html``), None if not made.
+    """
+
+    run: runs.RunLayout
+    output: str
+    fit: pca.PCAResult = field(repr=False)
+    scores: samples.ScoreSample = field(repr=False)
+    table: pd.DataFrame = field(repr=False)
+    figures: Dict[str, Figure] = field(repr=False)
+    files: Dict[str, str] = field(default_factory=dict)
+    thresholds: Sequence[float] = plots.DEFAULT_THRESHOLDS
+    explorer: Optional[str] = None
+
+    def summary(self) -> str:
+        """Sum the analysis up in a few lines: rows, width, k per threshold, files written."""
+        return summaries.analysis_summary(self.fit, self.thresholds, self.files, self.scores)
+
+
+def analyse_run(
+    spark: SparkSession,
+    run: Union[str, runs.RunLayout],
+    output: Optional[str] = None,
+    *,
+    thresholds: Sequence[float] = plots.DEFAULT_THRESHOLDS,
+    top_n: Optional[int] = 30,
+    max_plot_points: int = 5000,
+    show_3d: bool = True,
+    seed: int = 0,
+    pyplot: bool = False,
+    explorer: bool = True,
+    explorer_points: int = explorer_page.MAX_POINTS,
+    extreme_images: int = 5,
+) -> Analysis:
+    """Fit the PCA of a run's features once, draw the analysis figures and write them.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+    run : str or RunLayout
+        The run folder (or its ``features/``), local or URI.
+    output : str, optional
+        Folder for ``figures/`` and ``variance_table.csv``; default ``<run>/analysis``.
+    thresholds : sequence of float
+        Cumulative explained-variance targets in (0, 1] marked on the plot and in the table.
+    top_n : int or None
+        Classes named in the scatter legends (the others grey); None: all.
+    max_plot_points : int
+        At most this many images are brought to the driver for the scatters.
+    show_3d : bool
+        Also draw PC1–PC3 in 3-D.
+    seed : int
+        Seed of the plotted sample.
+    pyplot : bool
+        Make the figures through pyplot (for sparkmagic's ``%matplot plt``).
+    explorer : bool
+        Also write the interactive explorer ``<output>/explorer.html``
+        (:func:`p8utils.notebook.explorer.write_explorer`; needs Bokeh, else a
+        warning and no page).
+    explorer_points : int
+        At most this many points (and thumbnails read) in the explorer.
+    extreme_images : int
+        Images per end in the ``component_extremes`` figure (read on the driver:
+        at most ``2 * extreme_images * 3`` files); 0: no such figure.
+
+    Returns
+    -------
+    Analysis
+    """
+    layout = run if isinstance(run, runs.RunLayout) else runs.find_run(run, spark)
+    out = output or layout.analysis
+    extreme_images = int(check_int("extreme_images", extreme_images, 0, example=5))
+    features = spark.read.parquet(storage.spark_path(layout.features))
+    fit = pca.fit_pca(features, k=_PLOTTED_COMPONENTS)
+    scores = samples.collect_scores(pca.transform(fit, features), max_plot_points, seed=seed)
+    ev = fit.explained_variance
+    drawn: Dict[str, Optional[Figure]] = {
+        "scree_cumulative": plots.variance_plot(ev, thresholds, pyplot=pyplot),
+        "pc1_pc2": plots.scatter(scores.scores, scores.labels, dims=(0, 1), top_n=top_n, explained=ev,
+                                 title=f"PC1 vs PC2: {scores.describe()}", pyplot=pyplot),
+        "pc1_pc3": plots.scatter(scores.scores, scores.labels, dims=(0, 2), top_n=top_n, explained=ev,
+                                 title=f"PC1 vs PC3: {scores.describe()}", pyplot=pyplot),
+        "pc1_pc2_pc3_3d": plots.scatter_3d(scores.scores, scores.labels, top_n=top_n, explained=ev,
+                                           title=f"PC1, PC2, PC3: {scores.describe()}", pyplot=pyplot)
+        if show_3d else None,
+        "component_extremes": _component_extremes(scores, ev, spark, extreme_images, pyplot)
+        if extreme_images and scores.n >= 2 else None,
+    }
+    table = plots.variance_table(ev, thresholds)
+    files = figures.save_figures(drawn, storage.join(out, "figures"), spark)
+    files["variance_table"] = figures.save_table(table, storage.join(out, "variance_table.csv"), spark)
+    page = _write_explorer(spark, layout, storage.join(out, explorer_page.EXPLORER_FILE), scores, ev,
+                           explorer_points, seed) if explorer else None
+    if page:
+        files["explorer"] = page
+    return Analysis(layout, out, fit, scores, table, {k: v for k, v in drawn.items() if v is not None}, files,
+                    tuple(thresholds), page)
+
+
+def _component_extremes(
+    scores: samples.ScoreSample, explained: np.ndarray, spark: SparkSession, n_images: int, pyplot: bool,
+) -> Figure:
+    """Draw the images with the lowest and highest scores on each plotted component (of the sample).
+
+    Only those ``<= 2 * n_images * 3`` files are read, on the driver.
+    """
+    picked = plots.extreme_indices(scores.scores, n_images, _PLOTTED_COMPONENTS)  # (m, 2, p) int64
+    thumbs = explorer_page.read_thumbnails([scores.paths[i] for i in picked.ravel()], spark,
+                                           size=_EXTREME_IMAGE_PX, max_files=picked.size)
+    images = [[[thumbs.get(scores.paths[i]) for i in end] for end in comp] for comp in picked]
+    labels = [[[scores.labels[i] for i in end] for end in comp] for comp in picked]
+    return plots.component_extremes([c[0] for c in images], [c[1] for c in images], [c[0] for c in labels],
+                                    [c[1] for c in labels], explained=explained, pyplot=pyplot,
+                                    title=f"Images at both ends of PC1–PC{picked.shape[0]} ({scores.describe()}): "
+                                          "lowest scores (left), highest (right)")
+
+
+def _write_explorer(spark: SparkSession, layout: runs.RunLayout, uri: str, scores: samples.ScoreSample,
+                    explained: np.ndarray, max_points: int, seed: int) -> Optional[str]:
+    """Write the explorer page from the plotted sample; None (with a warning) when Bokeh is missing."""
+    try:
+        import bokeh  # noqa: F401 - only checks that the notebook extras are there
+    except ImportError:
+        warnings.warn("analyse_run(explorer=True): Bokeh is not installed, so no explorer.html was written. "
+                      "Fix: pip install 'p8utils[notebooks]' (or pass explorer=False).", stacklevel=3)
+        return None
+    return explorer_page.write_explorer(spark, layout, uri, scores=scores, explained=explained,
+                                        max_points=max_points, seed=seed)

@@ -1,0 +1,1 @@
+"""Tests of p8utils.notebook, one file per module."""
