@@ -1,8 +1,16 @@
-"""Shared fixtures: one local Spark session and one offline model for the whole run."""
+"""Shared fixtures: one local Spark session and one offline model for the whole run.
+
+Also sets two markers that ``make test-fast`` (``-m "not jvm and not heavy and not slow"``) leaves out:
+``jvm`` on every test that needs a JVM, ``heavy`` on tests that need none but take seconds of CPU each
+(a TensorFlow model, papermill or TensorFlow in a subprocess). A test gets them through the fixtures of
+:data:`_MARK_BY_FIXTURE` (used directly or through other fixtures), by name in :data:`_MARK_BY_NAME`
+(what the fixtures do not reveal), or from its own module (``@pytest.mark.heavy``).
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,11 +21,78 @@ REAL_DIR = ROOT.parent / "shared" / "fruits360"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: marker -> fixtures: a test using one of them, directly or through another fixture, gets the marker.
+_MARK_BY_FIXTURE = {
+    "jvm": ("spark",),
+    "heavy": ("offline_bundle",),
+}
+
+#: marker -> tests that the fixtures do not reveal (Spark, JVMs, TensorFlow or papermill in a subprocess, or a
+#: model built by the test itself): a module ("test_x.py", relative to tests/) or one test
+#: ("test_x.py::test_name", every parametrization). A listed name that its module does not define gives a
+#: warning, so the lists do not silently go stale when a test is renamed.
+_MARK_BY_NAME = {
+    "jvm": (
+        "test_bench.py::test_bench_runs_on_a_tiny_input",
+        "test_bootstrap.py::test_spark_submit_runs_the_pipeline_through_the_bootstrap_launcher",
+        "test_bootstrap.py::test_run_notebook_on_master_headless_against_a_livy_endpoint",
+        "test_cli.py::test_cli_run_end_to_end",
+        "test_cluster.py",
+        "test_livy.py",
+        "test_notebooks.py::test_01_runs_headless_on_the_sample",
+        "test_notebooks.py::test_03_analyses_the_features_of_01",
+        "test_notebooks.py::test_02_code_cells_give_the_same_outputs_as_01",
+        "test_reliability.py::test_task_retried_after_python_worker_dies",
+    ),
+    "heavy": (
+        "test_cli.py::test_check_command",  # TensorFlow in a subprocess
+        "test_models.py::test_preprocess_equals_keras",  # imports TensorFlow
+        "test_models.py::test_preprocess_into_buffer_is_bitwise_keras",
+        "test_models.py::test_build_model_is_layers_minus_two",
+        "test_models.py::test_imagenet_unreachable_names_the_remedy",
+        "test_models.py::test_imagenet_unreachable_names_the_file_of_the_size",
+        "test_models.py::test_weights_bad_file_and_missing_file",
+        "test_notebooks.py::test_nbstripout_would_not_change_them",  # papermill/nbstripout in subprocesses
+        "test_notebooks.py::test_help_notebook_lists_every_parameter_with_its_comment",
+        "test_notebooks.py::test_02_parameters_are_injected_as_python_for_pysparkkernel",
+    ),
+}
+
 
 def image_files(folder: Path) -> list[Path]:
     """Every .jpg/.jpeg below ``folder`` (what the pipeline must read)."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg")
                   and not p.name.startswith((".", "_")))
+
+
+def _listed(marker: str) -> dict[str, set[str]]:
+    """``_MARK_BY_NAME[marker]`` as {module: {test names, "" for the whole module}}."""
+    listed: dict[str, set[str]] = {}
+    for entry in _MARK_BY_NAME[marker]:
+        module, _, name = entry.partition("::")
+        listed.setdefault(module, set()).add(name)
+    return listed
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the markers must be there by then
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Add the ``jvm`` and ``heavy`` markers (see :data:`_MARK_BY_FIXTURE`, :data:`_MARK_BY_NAME`)."""
+    here = Path(__file__).resolve().parent
+    listed = {marker: _listed(marker) for marker in _MARK_BY_NAME}
+    stale = set()
+    for item in items:
+        path = item.path.resolve()
+        module = path.relative_to(here).as_posix() if here in path.parents else ""
+        name = getattr(item, "originalname", item.name)
+        for marker, fixtures in _MARK_BY_FIXTURE.items():
+            names = listed[marker].get(module, set())
+            stale.update((marker, module, n) for n in names if n and not hasattr(getattr(item, "module", None), n))
+            if any(f in item.fixturenames for f in fixtures) or "" in names or name in names:
+                item.add_marker(getattr(pytest.mark, marker))
+    for marker, module, name in sorted(stale):
+        warnings.warn(f"tests/conftest.py _MARK_BY_NAME[{marker!r}] lists {module}::{name}, which {module} does not "
+                      "define: the test was renamed or removed. Fix: update the list.", pytest.PytestConfigWarning,
+                      stacklevel=1)
 
 
 @pytest.fixture(scope="session")

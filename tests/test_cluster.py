@@ -1,7 +1,7 @@
 """The pipeline on a real multi-process Spark standalone cluster (issue: a real multi-process cluster).
 
 A master and two 1-core workers on 127.0.0.1 are started from the pip ``pyspark``
-package (:mod:`tests.spark_cluster`); the pipeline runs through the CLI in a
+package (:mod:`tests.harness.spark_cluster`); the pipeline runs through the CLI in a
 separate driver process (``--master spark://…``) because this pytest process
 already holds the local ``spark`` fixture (one SparkContext per process).
 
@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 
 from .conftest import ROOT, image_files
-from .spark_cluster import (
+from .harness.spark_cluster import (
     StandaloneCluster,
     free_port,
     identity,

@@ -1,5 +1,9 @@
 """Procedurally drawn fruit photos: the project's own synthetic image sample.
 
+A development script, not part of the installed package: ``scripts/make_sample.py``
+imports it to write ``data_sample/`` and the offline weights' calibration images
+(``p8utils/data/calibration/``). The runtime package never draws anything.
+
 The images follow the Fruits-360 conventions (100x100 RGB JPEG, one fruit
 centred on a pure white background, one folder per class, file names like
 ``r_36_100.jpg``) but are drawn from scratch with Pillow and NumPy, so the
@@ -22,8 +26,9 @@ generate_sample
 sample_file_names
     The file names `generate_sample` uses in each class folder.
 calibration_images
-    In-memory images across all classes (BatchNorm recalibration of the
-    offline model weights); needs no file on disk.
+    In-memory images across all classes, from which ``make_sample.py
+    --calibration`` writes the PNGs that recalibrate the BatchNorm statistics
+    of the offline model weights.
 
 Notes
 -----
@@ -1018,7 +1023,9 @@ def generate_sample(
 def calibration_images(n: int = 32, seed: int = 12345) -> list[Image.Image]:
     """In-memory fruit images cycling through all classes (no file needed).
 
-    Used by the offline model-weights mode to recalibrate BatchNorm statistics.
+    ``calibration_images(16, seed=12345)`` is what ``scripts/make_sample.py
+    --calibration`` saves as ``p8utils/data/calibration/*.png``, the images on
+    which the offline model weights recalibrate their BatchNorm statistics.
     Image ``i`` is class ``CLASSES[i % len(CLASSES)]`` drawn with
     ``numpy.random.default_rng([seed, i])``, so the list is deterministic.
 

@@ -1,20 +1,28 @@
-"""Tests of the project's synthetic image sample (p8utils.sample, scripts/make_sample.py, data_sample/)."""
+"""Tests of the project's synthetic images (scripts/fruit_renderer.py, scripts/make_sample.py, data_sample/,
+and the offline weights' calibration images p8utils/data/calibration/)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import itertools
 import re
+import sys
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from p8utils import sample
 from p8utils.errors import ParameterError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts"
+if str(SCRIPTS) not in sys.path:  # scripts/ is not a package: import the renderer the way make_sample.py does
+    sys.path.insert(0, str(SCRIPTS))
+sample = importlib.import_module("fruit_renderer")
+
 DATA_SAMPLE = REPO / "data_sample"
 DEFAULTS = {"n_per_class": 10, "seed": 0, "quality": 90}  # what data_sample/ was generated with
 NAME_RE = re.compile(r"^r_\d+_100\.jpg$")
@@ -62,6 +70,7 @@ def test_classes_are_fruits360_style_names() -> None:
         assert all(word[0].isupper() or word[0].isdigit() for word in c.split(" "))
 
 
+@pytest.mark.heavy  # renders the whole sample twice: seconds
 def test_generation_is_deterministic(fresh: Path, tmp_path: Path) -> None:
     written = sample.generate_sample(tmp_path, **DEFAULTS)
     assert len(written) == len(sample.CLASSES) * DEFAULTS["n_per_class"]
@@ -80,6 +89,7 @@ def test_file_names_are_unique_fruits360_style() -> None:
     assert sample.sample_file_names(10)[:3] == ["r_0_100.jpg", "r_36_100.jpg", "r_72_100.jpg"]
 
 
+@pytest.mark.heavy  # renders 32 images: seconds
 def test_same_image_whatever_n_per_class_for_same_angle(tmp_path: Path) -> None:
     # image k of a class only depends on (seed, class, k) and its angle
     sample.generate_sample(tmp_path / "a", n_per_class=2, seed=3)
@@ -119,6 +129,7 @@ def test_bad_parameters_name_the_parameter(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir()), "nothing may be written when a parameter is bad"
 
 
+@pytest.mark.heavy  # renders ~60 images: seconds
 def test_calibration_images_are_deterministic_and_cover_all_classes() -> None:
     n = len(sample.CLASSES) + 3
     first = sample.calibration_images(n, seed=7)
@@ -141,6 +152,7 @@ def test_calibration_images_are_deterministic_and_cover_all_classes() -> None:
 # ---------------------------------------------------------------- the committed data_sample/
 
 
+@pytest.mark.heavy  # renders the whole sample (fixture fresh): seconds
 def test_committed_sample_matches_fresh_generation(committed: Path, fresh: Path) -> None:
     ours, theirs = _tree(committed), _tree(fresh)
     assert sorted(ours) == sorted(theirs), "file names differ. Fix: python scripts/make_sample.py"
@@ -204,6 +216,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.heavy  # renders 32 images: seconds
 def test_make_sample_script_wipes_stale_images_and_writes_readme(tmp_path: Path) -> None:
     script = _load_script()
     out = tmp_path / "sample"
@@ -240,6 +253,26 @@ def test_make_sample_script_refuses_foreign_content(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         script.main(["--out", str(tmp_path / "x"), "--per-class", "0"])
     assert not (tmp_path / "x").exists()
+
+
+def test_shipped_calibration_images_are_what_the_script_writes(tmp_path: Path) -> None:
+    script = _load_script()
+    folder = resources.files("p8utils") / "data" / "calibration"
+    shipped = {e.name: _pixels(Image.open(folder / e.name)) for e in folder.iterdir() if e.name.endswith(".png")}
+    assert sorted(shipped) == [f"calibration_{i:02d}.png" for i in range(script.CALIBRATION_COUNT)]
+    out = tmp_path / "calibration"
+    assert script.main(["--calibration", "--out", str(out)]) == 0
+    written = {p.name: _pixels(p) for p in sorted(out.iterdir())}
+    assert sorted(written) == sorted(shipped)
+    differing = [name for name in shipped if not np.array_equal(written[name], shipped[name])]
+    assert not differing, f"{differing} differ. Fix: python scripts/make_sample.py --calibration"
+    # again on its own output: stale calibration images go; any other file makes it refuse
+    assert [p.name for p in script.write_calibration(out, n=2)] == ["calibration_00.png", "calibration_01.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["calibration_00.png", "calibration_01.png"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="Refusing"):
+        script.main(["--calibration", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["calibration_00.png", "calibration_01.png", "notes.txt"]
 
 
 def test_readme_of_committed_sample(committed: Path) -> None:

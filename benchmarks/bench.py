@@ -1,4 +1,4 @@
-"""Benchmark: the pipeline against the raw model, in one run (``python -m p8utils.bench``).
+"""Benchmark: the pipeline against the raw model, in one run (``python benchmarks/bench.py``, ``make bench``).
 
 Measured on the same images, the same Spark master and the same cores:
 
@@ -15,7 +15,10 @@ Measured on the same images, the same Spark master and the same cores:
 
 Warm-up runs are excluded; each figure is the median of ``--repeats`` runs.
 Prints a table and writes it as JSON. This is a benchmark, not a test: the
-test suite only checks that it runs on a tiny input.
+test suite only checks that it runs on a tiny input (``tests/test_bench.py``).
+It lives outside the package and uses only p8utils' public API (the engines
+through :func:`p8utils.engines.get_engine`, as the featurization UDF does); it
+needs p8utils installed with its ``spark`` and ``tf`` extras (``make install``).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from p8utils import featurize as feat
-from p8utils import images, models, pca
+from p8utils import engines, images, models, pca
+from p8utils.featurize import DEFAULT_BATCH_SIZE, FEATURES_TYPE, featurize
 from p8utils.images import decode_image
 
 __all__ = ["prepare_input", "raw_throughput", "pipeline_throughput", "seeds_throughput", "main"]
@@ -97,7 +100,7 @@ def _raw_worker(args: tuple) -> List[float]:  # pragma: no cover - runs in a chi
     """One single-threaded engine process: build, wait for the others, time."""
     spec_name, payload, engine, x, batch_size, repeats, barrier = args
     spec = models.get_spec(spec_name)
-    predict = feat._BUILDERS[engine](spec, payload, 1)
+    predict = engines.get_engine(engine).build(spec, payload, 1)
     predict(x[:batch_size])
     barrier.wait()
     return _time_predictor(predict, x, batch_size, repeats)
@@ -113,7 +116,7 @@ def raw_throughput(bundle: models.WeightsBundle, engine: str, x: np.ndarray, bat
         ``one_process`` (one process, ``cores`` threads), ``per_core`` (``cores``
         single-threaded processes at once, aggregate), and ``best``.
     """
-    payload = feat._engine_payload(bundle, engine)
+    payload = engines.payload(bundle, engine)
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(cores)
@@ -131,7 +134,7 @@ def raw_throughput(bundle: models.WeightsBundle, engine: str, x: np.ndarray, bat
 def _one_process(spec_name: str, payload: Any, engine: str, x: np.ndarray, batch_size: int, repeats: int,
                  threads: int) -> List[float]:  # pragma: no cover - runs in a child process
     """Time one engine process with ``threads`` threads."""
-    predict = feat._BUILDERS[engine](models.get_spec(spec_name), payload, threads)
+    predict = engines.get_engine(engine).build(models.get_spec(spec_name), payload, threads)
     return _time_predictor(predict, x, batch_size, repeats)
 
 
@@ -201,7 +204,7 @@ def pipeline_throughput(spark, folder: Path, bundle: models.WeightsBundle, engin
     n = images.load_images(spark, str(folder)).count()
 
     def run() -> None:
-        df = feat.featurize(images.load_images(spark, str(folder)), bundle, batch_size=batch_size, engine=engine)
+        df = featurize(images.load_images(spark, str(folder)), bundle, batch_size=batch_size, engine=engine)
         df.select("path", "label", "features", "error").write.mode("overwrite").parquet(str(out))
 
     times = _timed_runs(run, repeats)
@@ -256,7 +259,7 @@ def spark_io_throughput(spark, folder: Path, width: int, out: Path, repeats: int
     """Images/s of read → Arrow → no-op UDF → Arrow → parquet write (the pipeline minus the work)."""
     from pyspark.sql import functions as F
 
-    @F.pandas_udf(feat.FEATURES_TYPE)  # type: ignore[call-overload]
+    @F.pandas_udf(FEATURES_TYPE)  # type: ignore[call-overload]
     def noop(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         return _noop_udf_body(batches, width)
 
@@ -340,15 +343,16 @@ def _table(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark; print the table and write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m p8utils.bench", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input", type=Path, default=_REPO_SAMPLE,
                         help="image folder (one sub-folder per class), repeated up to --min-images")
     parser.add_argument("--min-images", type=int, default=2000, help="images to benchmark on")
     parser.add_argument("--master", default="local[2]", help="Spark master")
-    parser.add_argument("--engines", default=",".join(sorted(feat.ENGINES, key=lambda e: e != feat.DEFAULT_ENGINE)),
+    default_engines = sorted(engines.ENGINES, key=lambda e: e != engines.DEFAULT_ENGINE)
+    parser.add_argument("--engines", default=",".join(default_engines),
                         help="comma-separated engines (the default engine first: worker memory is per engine)")
-    parser.add_argument("--batch-size", type=int, default=64, help="model batch size")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="model batch size")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measure (median reported)")
     parser.add_argument("--raw-images", type=int, default=256, help="images for the raw engine measure")
     parser.add_argument("--weights", default="offline",
@@ -359,7 +363,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from p8utils.spark import get_spark
 
-    engines = [e for e in args.engines.split(",") if e]
+    chosen = [e for e in args.engines.split(",") if e]
     work = Path(tempfile.mkdtemp(prefix="p8bench-"))
     try:
         folder = prepare_input(args.input, args.min_images, work)
@@ -372,13 +376,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"bench: {len(list(folder.rglob('*.jpg')))} images, master {args.master} ({cores} cores), "
               f"batch {args.batch_size}, repeats {args.repeats}", flush=True)
 
-        raw = {e: raw_throughput(bundle, e, x, args.batch_size, args.repeats, cores) for e in engines}
+        raw = {e: raw_throughput(bundle, e, x, args.batch_size, args.repeats, cores) for e in chosen}
         print("bench: raw done", {e: round(r["best"], 1) for e, r in raw.items()}, flush=True)
         profile = cpu_profile(files, bundle.spec, args.batch_size, args.repeats)
         io_run = spark_io_throughput(spark, folder, bundle.spec.width, work / "noop", args.repeats)
         pipe: Dict[str, Any] = {}
         worker_mb: Dict[str, Dict[str, float]] = {}
-        for e in engines:  # Python workers are reused: VmHWM after an engine's runs = max so far
+        for e in chosen:  # Python workers are reused: VmHWM after an engine's runs = max so far
             pipeline_throughput(spark, half, bundle, e, args.batch_size, work / f"half-{e}", 1)
             half_mb = memory_snapshot()["python_worker_peak_mb"]
             pipe[e] = pipeline_throughput(spark, folder, bundle, e, args.batch_size, work / f"out-{e}", args.repeats)
