@@ -6,14 +6,17 @@
 #
 # What it does (each AWS command is printed before it runs; --dry-run only prints them):
 #   1. builds the wheel: PYTHON -m pip wheel --no-deps --wheel-dir dist .   (skipped with --wheel)
-#   2. uploads emr_bootstrap.sh, requirements-emr.txt, the wheel, configurations.json,
-#      run_notebook_on_master.sh and notebooks/02_emr_full_run.ipynb (if present) to
+#   2. uploads emr_bootstrap.sh, requirements-emr.txt and requirements-emr-py39.txt, the wheel,
+#      configurations.json, run_notebook_on_master.sh, sparkmagic_config.py and
+#      notebooks/02_emr_full_run.ipynb (if present) to
 #      S3_PREFIX/deploy/DEPLOY_ID/ (a new folder per deployment: nodes added later to an older
 #      cluster keep bootstrapping with the files that cluster was created with);
 #      local --weights files go to S3_PREFIX/deploy/DEPLOY_ID/weights/;
-#   3. aws emr create-cluster with Spark, Livy and JupyterHub, the bootstrap action, the
-#      configurations and an idle auto-termination policy; optionally with the pipeline and/or
-#      notebook 02 as steps (--run-pipeline / --run-notebook, with --input and --output).
+#   3. aws emr create-cluster with Spark, Livy and JupyterHub (+ Jupyter Enterprise Gateway with
+#      --studio), the bootstrap action, the configurations (configurations.json + jupyter-s3-conf, so
+#      notebooks saved in JupyterHub outlive the cluster), the tag the v2 managed policies require
+#      and an idle auto-termination policy; optionally with the pipeline and/or notebook 02 as steps
+#      (--run-pipeline / --run-notebook, with --input and --output).
 #
 # Options (default in brackets):
 #   --s3-prefix URI          S3 folder for artefacts and logs (required), e.g. s3://my-bucket/p8
@@ -26,7 +29,10 @@
 #   --key-name NAME          EC2 key pair, needed for SSH / the JupyterHub tunnel [none]
 #   --subnet-id ID           subnet (private subnets: see --wheelhouse) [EMR default]
 #   --log-uri URI            cluster logs [S3_PREFIX/emr-logs/]
-#   --service-role ROLE      EMR service role [EMR_DefaultRole]
+#   --service-role ROLE      EMR service role [EMR_DefaultRole_V2: AWS's default role with the
+#                            AmazonEMRServicePolicy_v2 managed policy]
+#   --legacy-roles           use the v1 service role EMR_DefaultRole (AmazonElasticMapReduceRole,
+#                            deprecated) for accounts that have not moved to the v2 policies
 #   --instance-profile NAME  EC2 instance profile of the nodes [EMR_EC2_DefaultRole]
 #   --idle-timeout SECONDS   terminate after this long idle, 60..604800; 0 = never [3600]
 #   --ebs-root-volume-size GB  root volume size [EMR default]
@@ -34,13 +40,19 @@
 #                            Keras file name, e.g. mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5
 #   --wheel FILE             use this p8utils wheel instead of building one
 #   --build-python PY        Python that builds the wheel [REPO/.venv/bin/python, else python3]
-#   --cluster-python PATH    Python the bootstrap builds the venv from [/usr/bin/python3 = 3.9 on EMR 7]
+#   --cluster-python PY      Python the bootstrap builds the venv from: auto (3.11 where the node has
+#                            /usr/bin/python3.11, else 3.9), 3.11, 3.9 or a path [auto]
 #   --pip-index URL          package index for the nodes (e.g. a CodeArtifact/Artifactory mirror)
 #   --wheelhouse             download every wheel the nodes need now and install them offline from
 #                            S3 (for private subnets without a package mirror); needs a local
 #                            Python of the cluster's version, see --wheelhouse-python
-#   --wheelhouse-python PY   that Python [python3.9]
+#   --wheelhouse-python PY   that Python [python3.11, or python3.9 with --cluster-python 3.9]
 #   --configurations FILE    [bootstrap/configurations.json]
+#   --notebook-bucket BUCKET S3 bucket where JupyterHub keeps the users' notebooks (jupyter-s3-conf:
+#                            s3://BUCKET/jupyter/<user>/); "none" keeps them on the primary node's disk,
+#                            lost with the cluster [the bucket of --s3-prefix]
+#   --studio                 also install Jupyter Enterprise Gateway, which EMR's notebook executions
+#                            (run_step.sh notebook --engine studio) and EMR Studio need
 #   --deploy-id ID           name of the deploy folder [UTC timestamp]
 #   --run-pipeline           add a step running `p8utils run` on --input / --output
 #   --run-notebook           add a step running notebooks/02_emr_full_run.ipynb headless (papermill)
@@ -98,9 +110,9 @@ json_array() {
 }
 
 S3_PREFIX="" NAME=p8utils RELEASE=emr-7.13.0 REGION="" MASTER_TYPE=m5.xlarge CORE_TYPE=m5.2xlarge CORE_COUNT=2
-KEY_NAME="" SUBNET_ID="" LOG_URI="" SERVICE_ROLE=EMR_DefaultRole INSTANCE_PROFILE=EMR_EC2_DefaultRole
-IDLE_TIMEOUT=3600 ROOT_GB="" WEIGHTS=() WHEEL="" BUILD_PY="" CLUSTER_PY=/usr/bin/python3 PIP_INDEX=""
-WHEELHOUSE=0 WHEELHOUSE_PY=python3.9 CONFIGURATIONS=$HERE/configurations.json DEPLOY_ID=""
+KEY_NAME="" SUBNET_ID="" LOG_URI="" SERVICE_ROLE="" LEGACY_ROLES=0 INSTANCE_PROFILE=EMR_EC2_DefaultRole
+IDLE_TIMEOUT=3600 ROOT_GB="" WEIGHTS=() WHEEL="" BUILD_PY="" CLUSTER_PY=auto PIP_INDEX=""
+WHEELHOUSE=0 WHEELHOUSE_PY="" CONFIGURATIONS=$HERE/configurations.json DEPLOY_ID="" NOTEBOOK_BUCKET="" STUDIO=0
 RUN_PIPELINE=0 RUN_NOTEBOOK=0 INPUT="" OUTPUT="" PIPELINE_ARGS=() NOTEBOOK=$REPO/notebooks/02_emr_full_run.ipynb
 AUTO_TERMINATE=0 DRY_RUN=0
 
@@ -118,6 +130,9 @@ while [[ $# -gt 0 ]]; do
         --subnet-id) need_value "$@"; SUBNET_ID=$2; shift 2 ;;
         --log-uri) need_value "$@"; LOG_URI=$2; shift 2 ;;
         --service-role) need_value "$@"; SERVICE_ROLE=$2; shift 2 ;;
+        --legacy-roles) LEGACY_ROLES=1; shift ;;
+        --notebook-bucket) need_value "$@"; NOTEBOOK_BUCKET=$2; shift 2 ;;
+        --studio) STUDIO=1; shift ;;
         --instance-profile) need_value "$@"; INSTANCE_PROFILE=$2; shift 2 ;;
         --idle-timeout) need_value "$@"; IDLE_TIMEOUT=$2; shift 2 ;;
         --ebs-root-volume-size) need_value "$@"; ROOT_GB=$2; shift 2 ;;
@@ -156,6 +171,25 @@ fi
 [[ -f $CONFIGURATIONS ]] || die "configurations file not found: $CONFIGURATIONS"
 [[ -z $PIP_INDEX || $WHEELHOUSE == 0 ]] || die "give --pip-index or --wheelhouse, not both"
 LOG_URI=${LOG_URI:-$S3_PREFIX/emr-logs/}
+[[ -z $SERVICE_ROLE || $LEGACY_ROLES == 0 ]] || die "give --service-role or --legacy-roles, not both"
+if [[ -z $SERVICE_ROLE ]]; then
+    if [[ $LEGACY_ROLES == 1 ]]; then SERVICE_ROLE=EMR_DefaultRole; else SERVICE_ROLE=EMR_DefaultRole_V2; fi
+fi
+# Requirements file of each Python the bootstrap may pick (its `# python-versions:` line decides).
+REQ311=$HERE/requirements-emr.txt REQ39=$HERE/requirements-emr-py39.txt
+case "$CLUSTER_PY" in
+    auto | 3.11 | */python3.11) py_version=3.11 ;;
+    3.9 | */python3.9 | /usr/bin/python3) py_version=3.9 ;;
+    *) py_version="" ;;
+esac
+if [[ $WHEELHOUSE == 1 ]]; then
+    [[ -n $py_version ]] || die "--wheelhouse needs --cluster-python auto, 3.11 or 3.9 (the wheels are resolved for it)"
+    # The wheels are for one Python: make the bootstrap use that one (auto could pick the other).
+    [[ $CLUSTER_PY != auto ]] || CLUSTER_PY=3.11
+    WHEELHOUSE_PY=${WHEELHOUSE_PY:-python$py_version}
+fi
+[[ $NOTEBOOK_BUCKET != *[/:]* ]] || die "--notebook-bucket must be an S3 bucket name (no s3://, no /) or none, got '$NOTEBOOK_BUCKET'"
+NOTEBOOK_BUCKET=${NOTEBOOK_BUCKET:-$(b=${S3_PREFIX#s3://}; printf '%s' "${b%%/*}")}
 if [[ $RUN_PIPELINE == 1 || $RUN_NOTEBOOK == 1 ]]; then
     [[ -n $INPUT && -n $OUTPUT ]] || die "--run-pipeline/--run-notebook need --input URI and --output URI"
 elif [[ -n $INPUT || -n $OUTPUT || ${#PIPELINE_ARGS[@]} -gt 0 ]]; then
@@ -207,17 +241,20 @@ WHEEL_NAME=$(basename "$WHEEL_FILE")
 
 # ---- 2. uploads ---------------------------------------------------------------------------------
 run aws s3 cp --only-show-errors "$HERE/emr_bootstrap.sh" "$DEPLOY/emr_bootstrap.sh" "${region_args[@]}"
-run aws s3 cp --only-show-errors "$HERE/requirements-emr.txt" "$DEPLOY/requirements-emr.txt" "${region_args[@]}"
+run aws s3 cp --only-show-errors "$REQ311" "$DEPLOY/requirements-emr.txt" "${region_args[@]}"
+run aws s3 cp --only-show-errors "$REQ39" "$DEPLOY/requirements-emr-py39.txt" "${region_args[@]}"
 run aws s3 cp --only-show-errors "$WHEEL_FILE" "$DEPLOY/$WHEEL_NAME" "${region_args[@]}"
 run aws s3 cp --only-show-errors "$CONFIGURATIONS" "$DEPLOY/configurations.json" "${region_args[@]}"
 run aws s3 cp --only-show-errors "$HERE/run_notebook_on_master.sh" "$DEPLOY/run_notebook_on_master.sh" "${region_args[@]}"
+run aws s3 cp --only-show-errors "$HERE/sparkmagic_config.py" "$DEPLOY/sparkmagic_config.py" "${region_args[@]}"
 NOTEBOOK_URI=""
 if [[ -f $NOTEBOOK ]]; then
     NOTEBOOK_URI=$DEPLOY/notebooks/$(basename "$NOTEBOOK")
     run aws s3 cp --only-show-errors "$NOTEBOOK" "$NOTEBOOK_URI" "${region_args[@]}"
 fi
 
-bootstrap_args=(--wheel "$DEPLOY/$WHEEL_NAME" --requirements "$DEPLOY/requirements-emr.txt" --python "$CLUSTER_PY")
+bootstrap_args=(--wheel "$DEPLOY/$WHEEL_NAME" --requirements "$DEPLOY/requirements-emr.txt"
+    --requirements "$DEPLOY/requirements-emr-py39.txt" --python "$CLUSTER_PY")
 for w in "${WEIGHTS[@]}"; do
     if [[ $w == s3://* ]]; then
         bootstrap_args+=(--weights "$w")
@@ -232,17 +269,17 @@ done
 if [[ $WHEELHOUSE == 1 ]]; then
     # Resolve with a Python of the cluster's version: pip evaluates markers such as
     # python_version < "3.10" with the interpreter it runs on, whatever --python-version says.
-    want=3.9
-    if [[ $CLUSTER_PY =~ python(3\.[0-9]+)$ ]]; then want=${BASH_REMATCH[1]}; fi
     if [[ $DRY_RUN == 0 ]]; then
         have=$("$WHEELHOUSE_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) ||
-            die "--wheelhouse needs Python $want locally (--wheelhouse-python; '$WHEELHOUSE_PY' not found)"
-        [[ $have == "$want" ]] || die "--wheelhouse-python is Python $have but the cluster Python ($CLUSTER_PY) is $want"
+            die "--wheelhouse needs Python $py_version locally (--wheelhouse-python; '$WHEELHOUSE_PY' not found)"
+        [[ $have == "$py_version" ]] || die "--wheelhouse-python is Python $have but the cluster Python ($CLUSTER_PY) is $py_version"
     fi
-    wheelhouse_dir=$REPO/dist/wheelhouse-py$want
+    if [[ $py_version == 3.9 ]]; then wheel_reqs=$REQ39; else wheel_reqs=$REQ311; fi
+    wheelhouse_dir=$REPO/dist/wheelhouse-py$py_version
+    # AL2023 has glibc 2.34: every manylinux tag up to 2_34 installs there (TensorFlow 2.21 is 2_27).
     run "$WHEELHOUSE_PY" -m pip download --only-binary=:all: --platform manylinux2014_x86_64 \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64 \
-        -r "$HERE/requirements-emr.txt" -d "$wheelhouse_dir"
+        --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64 \
+        -r "$wheel_reqs" -d "$wheelhouse_dir"
     run aws s3 sync --only-show-errors "$wheelhouse_dir" "$DEPLOY/wheelhouse/" "${region_args[@]}"
     bootstrap_args+=(--wheelhouse "$DEPLOY/wheelhouse/")
 fi
@@ -254,18 +291,36 @@ ec2_json="{\"InstanceProfile\":$(json_str "$INSTANCE_PROFILE")"
 ec2_json+="}"
 bootstrap_json="[{\"Name\":\"p8utils\",\"Path\":$(json_str "$DEPLOY/emr_bootstrap.sh"),\"Args\":$(json_array "${bootstrap_args[@]}")}]"
 
+# configurations.json, plus JupyterHub's notebook persistence in S3 (jupyter-s3-conf), inline.
+# One line: compacted (and checked) by a local python3 when there is one, else blanks for line breaks.
+if command -v python3 >/dev/null; then
+    configurations=$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":")))' \
+        "$CONFIGURATIONS") || die "$CONFIGURATIONS is not valid JSON (see above)"
+else
+    configurations=$(tr '\n\r\t' '   ' <"$CONFIGURATIONS" | sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//')
+fi
+[[ $configurations == "["*"]" ]] || die "$CONFIGURATIONS must hold a JSON list of classifications ([...])"
+if [[ $NOTEBOOK_BUCKET != none ]]; then
+    persistence="{\"Classification\":\"jupyter-s3-conf\",\"Properties\":{\"s3.persistence.enabled\":\"true\",\"s3.persistence.bucket\":$(json_str "$NOTEBOOK_BUCKET")}}"
+    configurations=${configurations%]}
+    configurations=${configurations%"${configurations##*[![:space:]]}"} # trailing blanks
+    if [[ $configurations == "[" ]]; then configurations="[$persistence]"; else configurations+=",$persistence]"; fi
+fi
+applications=(Name=Spark Name=Livy Name=JupyterHub)
+[[ $STUDIO == 0 ]] || applications+=(Name=JupyterEnterpriseGateway)
+
 create=(aws emr create-cluster
     --name "$NAME"
     --release-label "$RELEASE"
-    --applications Name=Spark Name=Livy Name=JupyterHub
+    --applications "${applications[@]}"
     --instance-groups "InstanceGroupType=MASTER,InstanceCount=1,InstanceType=$MASTER_TYPE"
     "InstanceGroupType=CORE,InstanceCount=$CORE_COUNT,InstanceType=$CORE_TYPE"
     --service-role "$SERVICE_ROLE"
     --ec2-attributes "$ec2_json"
     --log-uri "$LOG_URI"
     --bootstrap-actions "$bootstrap_json"
-    --configurations "file://$(cd "$(dirname "$CONFIGURATIONS")" && pwd)/$(basename "$CONFIGURATIONS")"
-    --tags project=p8utils "deploy=$DEPLOY_ID")
+    --configurations "$configurations"
+    --tags project=p8utils "deploy=$DEPLOY_ID" for-use-with-amazon-emr-managed-policies=true)
 [[ $IDLE_TIMEOUT == 0 ]] || create+=(--auto-termination-policy "IdleTimeout=$IDLE_TIMEOUT")
 [[ -z $ROOT_GB ]] || create+=(--ebs-root-volume-size "$ROOT_GB")
 
@@ -276,7 +331,7 @@ if [[ $RUN_PIPELINE == 1 ]]; then
 fi
 if [[ $RUN_NOTEBOOK == 1 ]]; then
     json=$("$HERE/run_step.sh" notebook --print-json --runner "$DEPLOY/run_notebook_on_master.sh" \
-        --notebook "$NOTEBOOK_URI" --input "$INPUT" --output "$OUTPUT")
+        --notebook "$NOTEBOOK_URI" --input "$INPUT" --output "$OUTPUT" --core-type "$CORE_TYPE" --core-count "$CORE_COUNT")
     steps+=("${json:1:${#json}-2}")
 fi
 if [[ ${#steps[@]} -gt 0 ]]; then

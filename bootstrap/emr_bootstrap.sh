@@ -5,11 +5,13 @@
 # `hadoop`, BEFORE Hadoop/Spark are installed; a failing action fails the cluster start. So this
 # script only prepares Python and files, with sudo where it writes outside $HOME:
 #
-#   1. checks the node (Amazon Linux 2023, EMR 7.x if the release label is readable) and that the
-#      Python interpreter is one the pins in the requirements file were made for;
+#   1. checks the node (Amazon Linux 2023, EMR 7.x if the release label is readable), picks the Python
+#      (--python: auto = /usr/bin/python3.11 where the node has it, else /usr/bin/python3.9; or 3.11,
+#      3.9, a path) and the requirements file made for it (each --requirements file names its Python
+#      versions in a `# python-versions:` line);
 #   2. creates the virtualenv PREFIX/venv (default /opt/p8utils/venv) from that Python and installs
-#      the pinned packages (requirements-emr.txt), then the p8utils wheel with --no-deps, then
-#      runs `pip check` and imports everything once (fails here rather than in a Spark task);
+#      the pinned packages, then the p8utils wheel with --no-deps, then runs `pip check` and imports
+#      everything once (fails here rather than in a Spark task);
 #   3. writes PREFIX/p8utils_main.py, the stable file to spark-submit (= `python -m p8utils`);
 #   4. optionally copies model weight files into KERAS_HOME/models (default /opt/keras/models), the
 #      Keras download cache, so executors in private subnets never try to download them;
@@ -26,9 +28,17 @@
 # Usage (as an EMR bootstrap action; create_cluster.sh builds these arguments):
 #   emr_bootstrap.sh --wheel s3://BUCKET/.../p8utils-0.1.0-py3-none-any.whl \
 #                    --requirements s3://BUCKET/.../requirements-emr.txt \
+#                    [--requirements s3://BUCKET/.../requirements-emr-py39.txt] \
 #                    [--weights s3://BUCKET/.../mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5]...
-#                    [--python /usr/bin/python3] [--prefix /opt/p8utils] [--keras-home /opt/keras]
+#                    [--python auto|3.11|3.9|PATH] [--prefix /opt/p8utils] [--keras-home /opt/keras]
 #                    [--pip-index URL | --wheelhouse s3://BUCKET/.../wheelhouse/]
+#
+#   --python auto (the default on EMR) takes /usr/bin/python3.11 if the node has it, else
+#   /usr/bin/python3.9 (AL2023's python3): every node of a cluster runs the same AMI, so every node
+#   picks the same one (PySpark refuses a worker Python that differs from the driver's). --python 3.11
+#   installs the AL2023 package python3.11 if it is missing (needs the AL2023 repositories: internet
+#   or an S3 gateway endpoint) and fails if it cannot. --requirements is repeatable: the file whose
+#   `# python-versions:` line names the chosen Python is installed.
 #
 # Local test mode (P8_BOOTSTRAP_LOCAL=1): identical steps, except that sources must be local paths
 # copied with `cp` (no `aws s3 cp`), nothing runs under sudo, the Amazon Linux/EMR checks are
@@ -66,7 +76,7 @@ usage() {
 # ---------------------------------------------------------------------------------------------
 LOCAL_MODE=${P8_BOOTSTRAP_LOCAL:-0}
 WHEEL=""
-REQUIREMENTS=""
+REQUIREMENTS=()
 WEIGHTS=()
 PYTHON_BIN=""
 PREFIX=""
@@ -79,7 +89,7 @@ need_value() { [[ $# -ge 2 && -n $2 ]] || die "option $1 needs a value (see --he
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --wheel) need_value "$@"; WHEEL=$2; shift 2 ;;
-        --requirements) need_value "$@"; REQUIREMENTS=$2; shift 2 ;;
+        --requirements) need_value "$@"; REQUIREMENTS+=("$2"); shift 2 ;;
         --weights) need_value "$@"; WEIGHTS+=("$2"); shift 2 ;;
         --python) need_value "$@"; PYTHON_BIN=$2; shift 2 ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
@@ -93,7 +103,7 @@ done
 
 [[ $LOCAL_MODE == 0 || $LOCAL_MODE == 1 ]] || die "P8_BOOTSTRAP_LOCAL must be 0 or 1 (got '$LOCAL_MODE')"
 [[ -n $WHEEL ]] || die "--wheel is required: the S3 URI (or local path in local mode) of the p8utils wheel"
-[[ -n $REQUIREMENTS ]] || die "--requirements is required: the S3 URI (or local path) of requirements-emr.txt"
+[[ ${#REQUIREMENTS[@]} -gt 0 ]] || die "--requirements is required: the S3 URI (or local path) of requirements-emr.txt (repeatable)"
 [[ $(basename "$WHEEL") == p8utils-*.whl ]] ||
     die "--wheel must name a p8utils wheel file (p8utils-<version>-<tags>.whl), got '$WHEEL'"
 [[ -z $PIP_INDEX || -z $WHEELHOUSE ]] || die "give --pip-index or --wheelhouse, not both"
@@ -105,8 +115,7 @@ if [[ $LOCAL_MODE == 1 ]]; then
 else
     PREFIX=${PREFIX:-/opt/p8utils}
     KERAS_HOME_DIR=${KERAS_HOME_DIR:-/opt/keras}
-    # AL2023's system Python (3.9): the interpreter PySpark uses by default on EMR 7.x.
-    PYTHON_BIN=${PYTHON_BIN:-/usr/bin/python3}
+    PYTHON_BIN=${PYTHON_BIN:-auto}
 fi
 [[ $PREFIX == /* && $KERAS_HOME_DIR == /* ]] || die "--prefix and --keras-home must be absolute paths"
 VENV=$PREFIX/venv
@@ -144,7 +153,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/p8-bootstrap.XXXXXX")
 trap 'rm -rf -- "$WORK"' EXIT
 
 log "starting (mode: $([[ $LOCAL_MODE == 1 ]] && echo local-test || echo emr), user: $(id -un), host: $(hostname))"
-log "prefix=$PREFIX keras_home=$KERAS_HOME_DIR python=$PYTHON_BIN wheel=$WHEEL requirements=$REQUIREMENTS"
+log "prefix=$PREFIX keras_home=$KERAS_HOME_DIR python=$PYTHON_BIN wheel=$WHEEL requirements=${REQUIREMENTS[*]}"
 
 # ---------------------------------------------------------------------------------------------
 # 1. Node and Python checks
@@ -169,28 +178,55 @@ if [[ $LOCAL_MODE == 0 ]]; then
         log "EMR release label not readable on this node; relying on the OS and Python checks"
     fi
     command -v sudo >/dev/null || die "sudo not found (EMR bootstrap actions run as hadoop and need sudo)"
-    for src in "$WHEEL" "$REQUIREMENTS" "$WHEELHOUSE" "${WEIGHTS[@]}"; do
+    for src in "$WHEEL" "${REQUIREMENTS[@]}" "$WHEELHOUSE" "${WEIGHTS[@]}"; do
         if [[ $src == s3://* ]]; then
             command -v aws >/dev/null || die "the aws CLI is needed to copy '$src' but is not on PATH"
         fi
     done
 fi
 
+# --python auto|3.11|3.9 name AL2023's interpreters; anything else is a path or a command name.
+case "$PYTHON_BIN" in
+    auto)
+        if [[ -x /usr/bin/python3.11 ]]; then
+            PYTHON_BIN=/usr/bin/python3.11
+        else
+            log "no /usr/bin/python3.11 on this node: using /usr/bin/python3.9 (pass --python 3.11 to install it)"
+            PYTHON_BIN=/usr/bin/python3.9
+        fi
+        ;;
+    3.11 | 3.9)
+        version=$PYTHON_BIN
+        PYTHON_BIN=/usr/bin/python$version
+        if [[ ! -x $PYTHON_BIN && $LOCAL_MODE == 0 && $version == 3.11 ]]; then
+            log "installing python3.11 (AL2023 package; --python 3.11 asked for it)"
+            as_root dnf install -y -q python3.11 python3.11-pip ||
+                die "could not install python3.11 with dnf (no access to the AL2023 repositories?); use --python 3.9"
+        fi
+        ;;
+esac
 PYTHON_PATH=$(command -v "$PYTHON_BIN") || die "Python interpreter '$PYTHON_BIN' not found"
 PY_VERSION=$("$PYTHON_PATH" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
     die "'$PYTHON_PATH' does not run"
 
-REQ_FILE=$WORK/requirements.txt
-fetch "$REQUIREMENTS" "$REQ_FILE"
-SUPPORTED=$(sed -n 's/^#[[:space:]]*python-versions:[[:space:]]*//p' "$REQ_FILE" | head -n 1)
-[[ -n $SUPPORTED ]] || die "requirements file '$REQUIREMENTS' has no '# python-versions: X.Y ...' line"
-ok=0
-for v in $SUPPORTED; do
-    if [[ $v == "$PY_VERSION" ]]; then ok=1; fi
+# The requirements file made for this Python: the one whose python-versions line names PY_VERSION.
+REQ_FILE="" REQ_SOURCE="" SUPPORTED=""
+for i in "${!REQUIREMENTS[@]}"; do
+    candidate=$WORK/requirements-$i.txt
+    fetch "${REQUIREMENTS[$i]}" "$candidate"
+    versions=$(sed -n 's/^#[[:space:]]*python-versions:[[:space:]]*//p' "$candidate" | head -n 1)
+    [[ -n $versions ]] || die "requirements file '${REQUIREMENTS[$i]}' has no '# python-versions: X.Y ...' line"
+    SUPPORTED+="${SUPPORTED:+ }$versions"
+    for v in $versions; do
+        if [[ -z $REQ_FILE && $v == "$PY_VERSION" ]]; then
+            REQ_FILE=$candidate
+            REQ_SOURCE=${REQUIREMENTS[$i]}
+        fi
+    done
 done
-[[ $ok == 1 ]] ||
-    die "Python $PY_VERSION ($PYTHON_PATH) is not one the pins were made for ($SUPPORTED). On EMR 7.x PySpark uses /usr/bin/python3 = 3.9; pass --python with a supported interpreter or re-pin requirements-emr.txt"
-log "Python $PY_VERSION at $PYTHON_PATH (pins made for: $SUPPORTED)"
+[[ -n $REQ_FILE ]] ||
+    die "Python $PY_VERSION ($PYTHON_PATH) is not one the pins were made for ($SUPPORTED). Pass --python with a supported interpreter (3.11 or 3.9 on EMR 7.x) or re-pin the requirements"
+log "Python $PY_VERSION at $PYTHON_PATH: installing $(basename "$REQ_SOURCE") (pins made for: $SUPPORTED)"
 
 # ---------------------------------------------------------------------------------------------
 # 2. Virtualenv with the pinned packages, then p8utils
@@ -240,8 +276,19 @@ fi
 if [[ ! -x $VENV/bin/python ]]; then
     log "creating virtualenv $VENV"
     as_root mkdir -p -- "$PREFIX"
-    as_root "$PYTHON_PATH" -m venv "$VENV" ||
-        die "'$PYTHON_PATH -m venv' failed (on Amazon Linux the venv/ensurepip modules ship with python3; otherwise install python3-pip)"
+    if ! as_root "$PYTHON_PATH" -m venv "$VENV"; then
+        # AL2023 ships ensurepip's wheels in python3.X-pip; try it once before giving up.
+        venv_fixed=0
+        if [[ $LOCAL_MODE == 0 ]] && command -v dnf >/dev/null; then
+            log "'$PYTHON_PATH -m venv' failed: installing python$PY_VERSION-pip and retrying"
+            as_root rm -rf -- "$VENV"
+            if as_root dnf install -y -q "python$PY_VERSION-pip" && as_root "$PYTHON_PATH" -m venv "$VENV"; then
+                venv_fixed=1
+            fi
+        fi
+        [[ $venv_fixed == 1 ]] ||
+            die "'$PYTHON_PATH -m venv' failed (on Amazon Linux install python$PY_VERSION-pip; see the message above)"
+    fi
 fi
 
 pip_run() {
@@ -252,7 +299,7 @@ pip_run() {
         "$VENV/bin/python" -m pip "$@" "${opts[@]}"
 }
 
-log "pip install -r $(basename "$REQUIREMENTS") (binary wheels only)"
+log "pip install -r $(basename "$REQ_SOURCE") (binary wheels only)"
 pip_run install --only-binary=:all: "${pip_source[@]}" -r "$REQ_FILE" ||
     die "installing the pinned requirements failed (see pip output above). Private subnet? use --wheelhouse or --pip-index"
 
@@ -331,7 +378,7 @@ log "versions: $versions"
 {
     echo "# written by emr_bootstrap.sh on $(date -u '+%Y-%m-%dT%H:%M:%SZ') on $(hostname)"
     echo "wheel: $WHEEL sha256=$(sha256sum "$WHEEL_FILE" | cut -d' ' -f1)"
-    echo "requirements: $REQUIREMENTS"
+    echo "requirements: $REQ_SOURCE"
     for src in "${WEIGHTS[@]}"; do echo "weights: $src -> $KERAS_HOME_DIR/models/$(basename "$src")"; done
     echo "python: $PYTHON_PATH ($PY_VERSION) venv: $VENV"
     echo "launcher: $LAUNCHER"

@@ -1,37 +1,50 @@
 """The AWS EMR deployment kit in bootstrap/, tested without an AWS account.
 
-* configurations.json has the shape EMR accepts and the settings the pipeline relies on;
-* requirements-emr.txt pins versions that fit Spark 3.5 / Python 3.9 and p8utils' own ranges;
-* every script passes ``bash -n`` and shellcheck;
-* ``create_cluster.sh --dry-run`` / ``run_step.sh --dry-run`` print commands that survive shell
-  quoting and, when the aws CLI is installed, that the real CLI turns into the intended EMR API
-  requests (sent to a local stub endpoint, never to AWS);
-* ``run_notebook_on_master.sh --dry-run`` prints the papermill run inside EMR's JupyterHub container;
+* configurations.json has the shape EMR accepts and the settings the pipeline relies on; its sparkmagic
+  classification is the kit's generator's (bootstrap/sparkmagic_config.py), Livy expires idle sessions only;
+* the two pin sets (requirements-emr.txt for Python 3.11, requirements-emr-py39.txt for 3.9) fit Spark 3.5 and
+  p8utils' own ranges, and (slow, needs PyPI) resolve to wheels for EMR's platform;
+* every script passes ``bash -n`` and shellcheck; the session size follows the YARN arithmetic;
+* ``--dry-run`` output of ``create_cluster.sh`` / ``run_step.sh`` / ``run_notebook_on_master.sh`` survives shell
+  quoting and says what the scripts will do;
+* the scripts run for real against a local AWS API emulator (moto's server, EMR + S3: tests/harness/aws_emulator.py):
+  uploads, create-cluster, add-steps and the notebook execution; the requests it received are checked;
 * slow: ``emr_bootstrap.sh`` really installs the pins and a p8utils wheel built from this repo into a
-  throw-away virtualenv (local test mode), then the installed CLI featurizes one image and
-  ``spark-submit`` runs the pipeline through the launcher the bootstrap writes.
+  throw-away virtualenv (local test mode), then the installed CLI featurizes one image and ``spark-submit``
+  runs the pipeline through the launcher the bootstrap writes; ``run_notebook_on_master.sh`` runs notebooks
+  against the Livy test server, and a killed run leaves no Livy session behind.
 """
 
 from __future__ import annotations
 
-import http.server
+import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOT = ROOT / "bootstrap"
+BIN = Path(sys.executable).parent
 SCRIPTS = ["emr_bootstrap.sh", "create_cluster.sh", "run_step.sh", "run_notebook_on_master.sh"]
 CONFIG = BOOT / "configurations.json"
-REQS = BOOT / "requirements-emr.txt"
+REQS = BOOT / "requirements-emr.txt"  # Python 3.11, the default
+REQS39 = BOOT / "requirements-emr-py39.txt"
+PIN_SETS = {"3.11": REQS, "3.9": REQS39}
+GENERATOR = BOOT / "sparkmagic_config.py"
+# AL2023 (EMR 7.x) has glibc 2.34: wheels tagged up to manylinux_2_34 install there.
+EMR_PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_27_x86_64",
+                 "manylinux_2_28_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64"]
+# The kit's default cluster (create_cluster.sh): core nodes, and the session run_step.sh derives for them.
+DEFAULT_CORE = ("m5.2xlarge", 2)
 
 # Classifications of EMR 7.x releases (release guide, "emr-7xx0 classifications"); a subset is
 # enough: a typo such as "spark-default" or "livy-config" must fail here, not at cluster creation.
@@ -97,6 +110,33 @@ def _bootstrap_default(variable: str) -> str:
     return m.group(1)
 
 
+def _generator():
+    spec = importlib.util.spec_from_file_location("p8_sparkmagic_config_under_test", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _find_python(version: str):
+    """A working ``pythonX.Y`` of this machine (PATH, then pyenv's versions), or None."""
+    import glob
+
+    candidates = [shutil.which(f"python{version}"), f"/usr/bin/python{version}",
+                  *sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))]
+    for exe in candidates:
+        if exe and os.access(exe, os.X_OK):
+            res = _run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], timeout=60)
+            if res.returncode == 0 and res.stdout.strip() == version:
+                return exe
+    return None
+
+
+def _session_config(*args) -> dict:
+    res = _run([BOOT / "run_step.sh", "session-config", *args])
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
 # ------------------------------------------------------------------------------------------------
 # configurations.json
 # ------------------------------------------------------------------------------------------------
@@ -142,6 +182,8 @@ def test_spark_defaults_for_arrow_and_tensorflow():
 
 
 def test_pyspark_python_and_keras_home_match_the_bootstrap():
+    text = (BOOT / "emr_bootstrap.sh").read_text()
+    assert re.search(r"^VENV=\$PREFIX/venv$", text, re.M), "the bootstrap's virtualenv is PREFIX/venv"
     venv_python = _bootstrap_default("PREFIX") + "/venv/bin/python"
     keras_home = _bootstrap_default("KERAS_HOME_DIR")
     props = _classification("spark-defaults")["Properties"]
@@ -157,56 +199,166 @@ def test_pyspark_python_and_keras_home_match_the_bootstrap():
     assert "PREFIX=" + _bootstrap_default("PREFIX") in (BOOT / "run_step.sh").read_text()
 
 
-def test_livy_sessions_outlive_a_long_run():
+def test_livy_expires_idle_sessions_but_never_busy_ones():
+    """Livy's SessionManager.collectGarbage skips busy sessions when timeout-check.skip-busy is true, so a long
+    cell is safe without a long timeout; the timeout then only decides how long an idle session (a YARN
+    application, which keeps the cluster from going idle) is kept: Livy's 1 h default, not more.
+    (Was: 6 h with skip-busy, i.e. up to 6 h of idle billing per forgotten session.)"""
     props = _classification("livy-conf")["Properties"]
     assert props["livy.server.session.timeout-check"] == "true"
+    assert props["livy.server.session.timeout-check.skip-busy"] == "true"
     m = re.fullmatch(r"(\d+)(ms|s|m|min|h|d)", props["livy.server.session.timeout"])
-    assert m, "Livy time format, e.g. 6h"
+    assert m, "Livy time format, e.g. 1h"
     seconds = int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
-    assert seconds >= 4 * 3600, "the 1 h default kills sessions during a full run"
+    assert seconds <= 3600, "with skip-busy a longer timeout only keeps idle sessions (and the cluster) alive"
+    # the driver runs in YARN on a core node: what run_step.sh's session arithmetic assumes
+    assert props["livy.spark.deploy-mode"] == "cluster"
 
 
-def test_sparkmagic_settings_papermill_needs():
+def test_interactive_sparkmagic_conf_comes_from_the_generator_and_keeps_sessions_on_errors():
     props = _classification("jupyter-sparkmagic-conf")["Properties"]
-    assert props["all_errors_are_fatal"] == "true"
-    assert props["shutdown_session_on_spark_statement_errors"] == "true"
+    assert props == _generator().EMR_INTERACTIVE_PROPERTIES, "configurations.json must hold the generator's copy"
+    res = _run([sys.executable, GENERATOR, "emr-properties"])
+    assert res.returncode == 0 and json.loads(res.stdout) == props
+    # JupyterHub users keep their session (and the model loaded in it) after a failed statement
+    assert props.get("shutdown_session_on_spark_statement_errors", "false") == "false"
+    assert props.get("all_errors_are_fatal", "false") == "false"
+    assert props["cleanup_all_sessions_on_exit"] == "true"
 
 
 # ------------------------------------------------------------------------------------------------
-# requirements-emr.txt
+# sparkmagic_config.py: the one generator of the headless config (EMR runner and the Livy tests)
 # ------------------------------------------------------------------------------------------------
-def _pins() -> dict:
+def test_headless_config_has_what_papermill_and_a_killed_run_need():
+    gen = _generator()
+    base = {"kernel_python_credentials": {"username": "", "password": "", "url": "http://livy:8998", "auth": "None"},
+            "livy_session_startup_timeout_seconds": 900, "shutdown_session_on_spark_statement_errors": False,
+            "custom_headers": {"X": "1"}}
+    config = gen.headless_config(base, startup_timeout=600)
+    assert config["all_errors_are_fatal"] is True and config["shutdown_session_on_spark_statement_errors"] is True
+    assert config["cleanup_all_sessions_on_exit"] is True
+    assert isinstance(config["livy_server_heartbeat_timeout_seconds"], int)
+    assert 0 < config["livy_server_heartbeat_timeout_seconds"] <= 120, "a killed kernel's session must end soon"
+    assert config["heartbeat_refresh_seconds"] < config["livy_server_heartbeat_timeout_seconds"]
+    assert config["livy_session_startup_timeout_seconds"] == 900, "the base's longer timeout is kept"
+    assert config["kernel_python_credentials"]["url"] == "http://livy:8998" and config["custom_headers"] == {"X": "1"}
+    assert base["shutdown_session_on_spark_statement_errors"] is False, "the base is not modified"
+    assert gen.headless_config({}, default_livy_url="http://h:8998")["kernel_python_credentials"]["url"] == \
+        "http://h:8998"
+    assert gen.headless_config(base, livy_url="http://other:1")["kernel_python_credentials"]["url"] == "http://other:1"
+    with pytest.raises(ValueError, match="no Livy URL"):
+        gen.headless_config({})
+
+
+def test_headless_cli_writes_the_config_from_the_first_existing_base(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"kernel_python_credentials": {"url": "http://jh:8998"}, "use_auto_viz": False}))
+    out = tmp_path / "conf" / "config.json"
+    res = _run([sys.executable, GENERATOR, "headless", "--base", tmp_path / "missing.json", "--base", base,
+                "--default-livy-url", "http://fallback:8998", "--out", out])
+    assert res.returncode == 0, res.stderr
+    config = json.loads(out.read_text())
+    assert config["kernel_python_credentials"]["url"] == "http://jh:8998" and config["use_auto_viz"] is False
+    assert {k: config[k] for k in _generator().HEADLESS} == _generator().HEADLESS
+
+
+def test_the_livy_tests_use_the_generators_headless_config():
+    """tests/test_livy.py (and run_demo.sh) write their sparkmagic config with the same generator."""
+    harness = (ROOT / "tests" / "harness" / "livy_test_server.py").read_text()
+    assert "_sparkmagic_config_module()" in harness and "headless_config(" in harness
+    assert "sparkmagic_config.py\" headless" in (ROOT / "tests" / "sparkmagic" / "run_demo.sh").read_text()
+    assert not (ROOT / "tests" / "sparkmagic" / "config.template.json").exists(), "one source, not two"
+    runner = (BOOT / "run_notebook_on_master.sh").read_text()
+    assert '"$GEN_IN_ENV" headless' in runner
+
+
+def test_configure_cell_rewrites_the_one_configure_cell(tmp_path):
+    gen = _generator()
+    nb = {"cells": [{"cell_type": "code", "source": "%%configure -f\n{\"driverMemory\": \"8g\"}", "outputs": [1],
+                     "execution_count": 3, "metadata": {}},
+                    {"cell_type": "code", "source": ["x = 1\n"], "outputs": [], "metadata": {}}]}
+    session = _session_config()
+    out = gen.set_configure_cell(nb, session)
+    first = out["cells"][0]
+    assert first["source"].startswith("%%configure -f\n") and json.loads(first["source"].split("\n", 1)[1]) == session
+    assert first["outputs"] == [] and first["execution_count"] is None and out["cells"][1] == nb["cells"][1]
+    assert nb["cells"][0]["source"].endswith('"8g"}'), "the input is not modified"
+    with pytest.raises(ValueError, match="fields Livy does not accept"):
+        gen.set_configure_cell(nb, {"executorMemroy": "4g"})
+    with pytest.raises(ValueError, match="exactly one"):
+        gen.set_configure_cell({"cells": []}, session)
+    path, result = tmp_path / "nb.ipynb", tmp_path / "out.ipynb"
+    path.write_text(json.dumps(nb))
+    res = _run([sys.executable, GENERATOR, "configure-cell", "--notebook", path, "--session-config",
+                json.dumps(session), "--out", result])
+    assert res.returncode == 0, res.stderr
+    assert json.loads(result.read_text()) == json.loads(json.dumps(out))
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.7", "3.8", "3.9"])
+def test_generator_runs_on_old_pythons(version, tmp_path):
+    """It runs inside EMR's jupyterhub container, whose Python may be old: standard library, no new syntax."""
+    exe = _find_python(version)
+    if exe is None:
+        pytest.skip(f"no Python {version} on this machine")
+    res = _run([exe, GENERATOR, "headless", "--default-livy-url", "http://h:8998", "--out", tmp_path / "c.json"])
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["all_errors_are_fatal"] is True
+
+
+# ------------------------------------------------------------------------------------------------
+# requirements-emr.txt (3.11) and requirements-emr-py39.txt (3.9)
+# ------------------------------------------------------------------------------------------------
+def _pins(path: Path = REQS) -> dict:
     pins, previous = {}, ""
-    for raw in REQS.read_text().splitlines():
+    for raw in path.read_text().splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
             m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+!-]*)", line)
-            assert m, f"requirements-emr.txt: {line!r} is not an exact pin NAME==VERSION"
-            assert previous.startswith("#"), f"requirements-emr.txt: {line!r} needs a comment saying why"
+            assert m, f"{path.name}: {line!r} is not an exact pin NAME==VERSION"
+            assert previous.startswith("#"), f"{path.name}: {line!r} needs a comment saying why"
             pins[m.group(1).lower().replace("_", "-")] = m.group(2)
         if line:
             previous = line
     return pins
 
 
+def _python_versions(path: Path) -> list:
+    m = re.search(r"^#\s*python-versions:\s*(.+)$", path.read_text(), re.M)
+    assert m, f"{path.name} has no '# python-versions:' line (the bootstrap picks the file by it)"
+    return m.group(1).split()
+
+
 def _major(version: str) -> int:
     return int(version.split(".")[0])
 
 
-def test_requirements_pin_what_executors_need_for_spark_35_on_python_39():
-    pins = _pins()
+@pytest.mark.parametrize("python_version", sorted(PIN_SETS))
+def test_requirements_pin_what_executors_need_for_spark_35(python_version):
+    path = PIN_SETS[python_version]
+    pins = _pins(path)
     for name in ["numpy", "pandas", "pyarrow", "pillow", "tensorflow-cpu", "keras", "h5py", "matplotlib"]:
-        assert name in pins, f"{name} is not pinned"
+        assert name in pins, f"{name} is not pinned in {path.name}"
     assert "pyspark" not in pins, "PySpark comes from EMR's Spark; a pip copy would shadow it"
     assert _major(pins["numpy"]) < 2, "Spark 3.5 declares numpy<2 (SPARK-48710)"
     assert _major(pins["pyarrow"]) < 13, "Spark 3.5 declares pyarrow<13 (SPARK-47432)"
-    assert _major(pins["pillow"]) < 12, "Pillow 12 dropped Python 3.9"
-    versions = re.search(r"^#\s*python-versions:\s*(.+)$", REQS.read_text(), re.M)
-    assert versions and "3.9" in versions.group(1).split(), "must declare Python 3.9 (EMR 7.x PySpark)"
+    assert _python_versions(path) == [python_version], "one pin set per Python version"
+    if python_version == "3.9":
+        assert _major(pins["pillow"]) < 12, "Pillow 12 dropped Python 3.9"
 
 
-def test_pins_satisfy_p8utils_declared_requirements():
-    """The bootstrap installs p8utils with --no-deps: its ranges must admit the pins."""
+def test_each_python_has_one_pin_set_and_311_is_the_default():
+    seen = [v for path in PIN_SETS.values() for v in _python_versions(path)]
+    assert sorted(seen) == sorted(set(seen)) == ["3.11", "3.9"]
+    assert _python_versions(REQS) == ["3.11"], "requirements-emr.txt (the default) is the Python 3.11 set"
+    text = (BOOT / "emr_bootstrap.sh").read_text()
+    assert "    PYTHON_BIN=${PYTHON_BIN:-auto}\n" in text, "on EMR the bootstrap picks the Python (auto)"
+    assert "/usr/bin/python3.11" in text and "PYTHON_BIN=/usr/bin/python3.9" in text
+
+
+@pytest.mark.parametrize("python_version", sorted(PIN_SETS))
+def test_pins_satisfy_p8utils_declared_requirements(python_version):
+    """The bootstrap installs p8utils with --no-deps: its ranges must admit the pins of both sets."""
     requirements = pytest.importorskip("packaging.requirements")
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
     pyproject = ROOT / "pyproject.toml"
@@ -216,15 +368,53 @@ def test_pins_satisfy_p8utils_declared_requirements():
     declared = list(project.get("dependencies", []))
     for extra in ("tf", "plots"):
         declared += project.get("optional-dependencies", {}).get(extra, [])
-    pins = _pins()
-    env = {"sys_platform": "linux", "python_version": "3.9", "platform_system": "Linux"}
+    path = PIN_SETS[python_version]
+    pins = _pins(path)
+    env = {"sys_platform": "linux", "python_version": python_version, "platform_system": "Linux",
+           "platform_machine": "x86_64", "implementation_name": "cpython"}
     for text in declared:
         req = requirements.Requirement(text)
         name = req.name.lower().replace("_", "-")
         if name == "pyspark" or (req.marker and not req.marker.evaluate(env)):
             continue
-        assert name in pins, f"p8utils needs {text!r} but requirements-emr.txt does not pin {name}"
+        assert name in pins, f"p8utils needs {text!r} but {path.name} does not pin {name}"
         assert req.specifier.contains(pins[name], prereleases=True), f"pin {name}=={pins[name]} violates {text!r}"
+
+
+def _pypi_reachable() -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("https://pypi.org/simple/pip/", timeout=10) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python_version", sorted(PIN_SETS))
+def test_pin_set_resolves_to_wheels_for_emr(python_version, tmp_path):
+    """pip resolves each pin set, with its dependencies, to binary wheels for CPython X.Y on manylinux up to
+    glibc 2.34 (AL2023): what the bootstrap's `pip install --only-binary=:all:` will need on the nodes."""
+    if not _pypi_reachable():
+        pytest.skip("the package index (pypi.org) is unreachable: cannot check that the pins resolve")
+    native = _find_python(python_version)
+    if native and _run([native, "-m", "pip", "--version"]).returncode == 0:
+        pip = [native, "-m", "pip"]  # markers such as python_version < "3.10" are evaluated for the right Python
+    else:
+        pip = [sys.executable, "-m", "pip"]
+    platforms = [w for p in EMR_PLATFORMS for w in ("--platform", p)]
+    # --isolated: PyPI alone, without this machine's pip configuration (local mirrors, constraints)
+    res = _run([*pip, "--isolated", "install", "--dry-run", "--quiet", "--ignore-installed", "--only-binary=:all:",
+                "--python-version", python_version, "--implementation", "cp", *platforms,
+                "--target", tmp_path / "target", "--report", tmp_path / "report.json", "-r", PIN_SETS[python_version]],
+               timeout=900, env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    installed = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+                 for i in json.loads((tmp_path / "report.json").read_text())["install"]}
+    for name, version in _pins(PIN_SETS[python_version]).items():
+        assert installed.get(name) == version, f"{name}: resolved {installed.get(name)}, pinned {version}"
+    assert _major(installed["numpy"]) < 2, "a dependency pulled NumPy 2 in"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,6 +495,23 @@ def test_bootstrap_refuses_a_python_the_pins_were_not_made_for(tmp_path, fake_wh
     assert not (tmp_path / "p8").exists(), "must fail before creating anything"
 
 
+def test_bootstrap_picks_the_requirements_file_of_its_python(tmp_path, fake_wheel):
+    """Given both pin sets, the bootstrap installs the one whose python-versions line names the venv's Python
+    (this test stops at the wheel check, after the choice is logged)."""
+    here = "{}.{}".format(*sys.version_info[:2])
+    other = tmp_path / "requirements-other.txt"
+    other.write_text("# python-versions: 2.7\nsix==1.16.0\n")
+    mine = tmp_path / "requirements-mine.txt"
+    mine.write_text(f"# python-versions: {here}\nsix==1.16.0\n")
+    bad = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
+    bad.write_text("not hdf5")
+    res = _bootstrap(tmp_path, "--prefix", tmp_path / "p8", "--keras-home", tmp_path / "keras",
+                     "--wheel", fake_wheel, "--requirements", other, "--requirements", mine,
+                     "--python", sys.executable, "--weights", bad)
+    assert f"Python {here} at " in res.stdout and "installing requirements-mine.txt" in res.stdout, res.stdout
+    assert res.returncode != 0 and "is not an HDF5 file" in res.stderr
+
+
 def test_bootstrap_refuses_weights_that_are_not_hdf5_before_installing(tmp_path, fake_wheel):
     bad = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
     bad.write_text("<html>AccessDenied</html>")
@@ -325,25 +532,107 @@ def test_bootstrap_emr_mode_checks_the_operating_system(tmp_path, fake_wheel):
 
 
 # ------------------------------------------------------------------------------------------------
+# Session size: run_step.sh session-config (the %%configure of notebook 02 and of the runs)
+# ------------------------------------------------------------------------------------------------
+# EMR's default yarn.nodemanager.resource.memory-mb by RAM (Release Guide, "Task configuration").
+YARN_MB = {"m5.xlarge": 12288, "m5.2xlarge": 24576, "m5.4xlarge": 57344, "r5.2xlarge": 57344, "c5.4xlarge": 24576}
+VCPUS = {"m5.xlarge": 4, "m5.2xlarge": 8, "m5.4xlarge": 16, "r5.2xlarge": 8, "c5.4xlarge": 16}
+
+
+def _mb(size: str) -> int:
+    m = re.fullmatch(r"(\d+)([mg])", size)
+    assert m, size
+    return int(m.group(1)) * (1024 if m.group(2) == "g" else 1)
+
+
+@pytest.mark.parametrize("core_type, count", [DEFAULT_CORE, ("m5.xlarge", 3), ("m5.4xlarge", 2), ("r5.2xlarge", 4),
+                                              ("c5.4xlarge", 2)])
+def test_session_fits_the_core_nodes(core_type, count):
+    """The driver (cluster mode: a YARN container) and every executor fit in the core nodes' YARN memory, every
+    vCPU gets a task slot, and each task slot has 1.5 GiB outside the JVM heap for its TensorFlow Python worker."""
+    session = _session_config("--core-type", core_type, "--core-count", str(count))
+    conf = session["conf"]
+    driver = _mb(session["driverMemory"]) + _mb(conf["spark.driver.memoryOverhead"])
+    executor = _mb(session["executorMemory"]) + _mb(conf["spark.executor.memoryOverhead"])
+    cores, per_node = session["executorCores"], session["numExecutors"] // count
+    assert session["numExecutors"] == per_node * count
+    assert per_node * cores <= VCPUS[core_type]
+    if not core_type.startswith("c"):
+        assert per_node * cores == VCPUS[core_type], "one task slot per vCPU (c types lack the memory)"
+    assert driver + per_node * executor <= YARN_MB[core_type], "the node holding the driver must fit its executors"
+    assert _mb(conf["spark.executor.memoryOverhead"]) >= cores * 1536, "Python + TensorFlow per task slot"
+    assert _mb(session["executorMemory"]) >= 1024 and _mb(session["driverMemory"]) >= 2048
+    assert conf["spark.dynamicAllocation.enabled"] == "false", "a fixed session: executors keep their models"
+    assert conf["spark.sql.execution.arrow.maxRecordsPerBatch"] == "256" and conf["spark.python.worker.reuse"] == "true"
+
+
+def test_default_session_is_the_documented_arithmetic():
+    session = _session_config()
+    assert session == _session_config("--core-type", DEFAULT_CORE[0], "--core-count", str(DEFAULT_CORE[1]))
+    # 2 x m5.2xlarge, 24576 MB YARN each: driver 2g + 2g; 2 executors per node of 4 cores, 4g heap + 6g overhead
+    assert (session["driverMemory"], session["executorMemory"], session["executorCores"], session["numExecutors"]) == \
+        ("2g", "4g", 4, 4)
+    assert session["conf"]["spark.executor.memoryOverhead"] == "6g"
+    create = (BOOT / "create_cluster.sh").read_text()
+    assert f"CORE_TYPE={DEFAULT_CORE[0]} CORE_COUNT={DEFAULT_CORE[1]}" in create, "the kit's default cluster"
+    assert _generator().LIVY_SESSION_FIELDS >= set(session)
+
+
+def test_notebook_02_configure_cell_is_sized_for_the_default_cluster():
+    """sparkmagic reads %%configure literally: the notebook's own cell must hold the default cluster's session
+    (runs on other clusters get theirs from run_step.sh --core-type/--core-count)."""
+    nb = json.loads((ROOT / "notebooks" / "02_emr_full_run.ipynb").read_text())
+    cells = [c for c in nb["cells"]
+             if c["cell_type"] == "code" and "".join(c["source"]).lstrip().startswith("%%configure")]
+    assert len(cells) == 1
+    body = "".join(cells[0]["source"]).split("\n", 1)[1]
+    assert json.loads(body) == _session_config()
+
+
+def test_notebook_02_has_the_parameters_the_kit_passes():
+    """run_step.sh passes --input / --output to these parameters (-p for the runner, NotebookParams for studio)."""
+    text = (BOOT / "run_step.sh").read_text()
+    names = [re.search(rf"^.*{v}=(\w+)", text, re.M).group(1) for v in ("INPUT_PARAM", "OUTPUT_PARAM")]
+    nb = json.loads((ROOT / "notebooks" / "02_emr_full_run.ipynb").read_text())
+    (cell,) = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    declared = {m.group(1) for m in re.finditer(r"^(\w+)\s*[:=]", "".join(cell["source"]), re.M)}
+    assert set(names) <= declared, f"notebook 02 declares {sorted(declared)}, the kit passes {names}"
+
+
+def test_session_sizing_refuses_what_does_not_fit():
+    res = _run([BOOT / "run_step.sh", "session-config", "--core-type", "c5.xlarge"])
+    assert res.returncode != 0 and "too small" in res.stderr
+    res = _run([BOOT / "run_step.sh", "session-config", "--core-type", "x2idn.16xlarge"])
+    assert res.returncode != 0 and "--yarn-memory-mb" in res.stderr
+    session = _session_config("--yarn-memory-mb", "57344", "--vcpus", "8", "--core-count", "1")
+    assert session["numExecutors"] == 2 and session["executorCores"] == 4
+
+
+# ------------------------------------------------------------------------------------------------
 # create_cluster.sh / run_step.sh --dry-run
 # ------------------------------------------------------------------------------------------------
 PREFIX = "s3://my-bucket/p8 project"  # a space, to prove the quoting
 INPUT = "s3://my-bucket/p8 project/data/Test set/"
 OUTPUT = "s3://my-bucket/p8 project/runs/it's-1/"
+PERSISTENCE = {"Classification": "jupyter-s3-conf",
+               "Properties": {"s3.persistence.enabled": "true", "s3.persistence.bucket": "my-bucket"}}
 
 
-def _create_dry_run(tmp_path, fake_wheel, *extra):
+def _create_args(tmp_path, fake_wheel, *extra, region=("--region", "eu-west-1")):
     weights = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
     weights.write_bytes(b"\x89HDF\r\n\x1a\n")
-    args = [
-        BOOT / "create_cluster.sh", "--dry-run", "--s3-prefix", PREFIX, "--deploy-id", "d1",
-        "--wheel", fake_wheel, "--key-name", "my key", "--subnet-id", "subnet-0abc", "--region", "eu-west-1",
+    return [
+        BOOT / "create_cluster.sh", "--s3-prefix", PREFIX, "--deploy-id", "d1",
+        "--wheel", fake_wheel, "--key-name", "my key", "--subnet-id", "subnet-0abc", *region,
         "--core-type", "r5.2xlarge", "--core-count", "3", "--idle-timeout", "1800",
         "--weights", weights, "--weights", "s3://other-bucket/w/resnet50.h5",
         "--run-pipeline", "--input", INPUT, "--output", OUTPUT,
         "--pipeline-arg", "--k", "--pipeline-arg", "50", *extra,
     ]
-    res = _run(args, env=_no_aws_env(tmp_path))
+
+
+def _create_dry_run(tmp_path, fake_wheel, *extra):
+    res = _run([*_create_args(tmp_path, fake_wheel, *extra), "--dry-run"], env=_no_aws_env(tmp_path))
     assert res.returncode == 0, res.stderr
     return res.stdout, _commands(res.stdout)
 
@@ -362,11 +651,15 @@ def test_create_cluster_dry_run_prints_quoted_commands_without_aws(tmp_path, fak
     assert "InstanceGroupType=MASTER,InstanceCount=1,InstanceType=m5.xlarge" in groups
     assert "InstanceGroupType=CORE,InstanceCount=3,InstanceType=r5.2xlarge" in groups
     assert _option(create, "--log-uri") == [PREFIX + "/emr-logs/"]
-    assert _option(create, "--configurations") == ["file://" + str(CONFIG)]
+    # configurations.json, plus JupyterHub's notebooks persisted in the bucket of --s3-prefix (jupyter-s3-conf)
+    assert json.loads(_option(create, "--configurations")[0]) == json.loads(CONFIG.read_text()) + [PERSISTENCE]
     assert _option(create, "--auto-termination-policy") == ["IdleTimeout=1800"]
     assert _option(create, "--region") == ["eu-west-1"]
     ec2 = json.loads(_option(create, "--ec2-attributes")[0])
     assert ec2 == {"InstanceProfile": "EMR_EC2_DefaultRole", "KeyName": "my key", "SubnetId": "subnet-0abc"}
+    # the v2 service role, and the tag its managed policy (AmazonEMRServicePolicy_v2) requires
+    assert _option(create, "--service-role") == ["EMR_DefaultRole_V2"]
+    assert "for-use-with-amazon-emr-managed-policies=true" in _option(create, "--tags")
 
     (action,) = json.loads(_option(create, "--bootstrap-actions")[0])
     assert action["Path"] == deploy + "/emr_bootstrap.sh"
@@ -374,7 +667,8 @@ def test_create_cluster_dry_run_prints_quoted_commands_without_aws(tmp_path, fak
     pairs = list(zip(args[::2], args[1::2]))
     assert ("--wheel", deploy + "/" + fake_wheel.name) in pairs
     assert ("--requirements", deploy + "/requirements-emr.txt") in pairs
-    assert ("--python", "/usr/bin/python3") in pairs
+    assert ("--requirements", deploy + "/requirements-emr-py39.txt") in pairs
+    assert ("--python", "auto") in pairs, "3.11 where the node has it, else 3.9 (was: /usr/bin/python3 = 3.9)"
     assert ("--weights", deploy + "/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5") in pairs
     assert ("--weights", "s3://other-bucket/w/resnet50.h5") in pairs
     # every S3 object the cluster reads was uploaded by one of the printed commands
@@ -382,8 +676,10 @@ def test_create_cluster_dry_run_prints_quoted_commands_without_aws(tmp_path, fak
         assert value in uploads, f"{value} is used but never uploaded"
     assert uploads[deploy + "/emr_bootstrap.sh"] == str(BOOT / "emr_bootstrap.sh")
     assert uploads[deploy + "/requirements-emr.txt"] == str(REQS)
+    assert uploads[deploy + "/requirements-emr-py39.txt"] == str(REQS39)
     assert uploads[deploy + "/" + fake_wheel.name] == str(fake_wheel)
     assert deploy + "/run_notebook_on_master.sh" in uploads
+    assert uploads[deploy + "/sparkmagic_config.py"] == str(GENERATOR), "the runner's generator lies next to it"
 
     (step,) = json.loads(_option(create, "--steps")[0])
     assert step["Type"] == "CUSTOM_JAR" and step["Jar"] == "command-runner.jar"
@@ -416,12 +712,53 @@ def test_create_cluster_wheelhouse_for_private_subnets(tmp_path, fake_wheel):
     assert res.returncode == 0, res.stderr
     commands = _commands(res.stdout)
     (download,) = [c for c in commands if c[1:4] == ["-m", "pip", "download"]]
-    assert download[0] == "python3.9", "markers (python_version < '3.10') need the cluster's Python to resolve"
+    assert download[0] == "python3.11", "markers (python_version < '3.10') need the cluster's Python to resolve"
     assert "--only-binary=:all:" in download and download[download.index("-r") + 1] == str(REQS)
+    platforms = [download[i + 1] for i, w in enumerate(download) if w == "--platform"]
+    assert "manylinux_2_27_x86_64" in platforms, "TensorFlow 2.21's wheels are manylinux_2_27"
+    assert set(platforms) <= set(EMR_PLATFORMS), "nothing newer than AL2023's glibc 2.34"
     wheelhouse = download[download.index("-d") + 1]
     assert ["aws", "s3", "sync", "--only-show-errors", wheelhouse, "s3://b/p/deploy/d3/wheelhouse/"] in commands
     (action,) = json.loads(_option(commands[-1], "--bootstrap-actions")[0])
     assert action["Args"][-2:] == ["--wheelhouse", "s3://b/p/deploy/d3/wheelhouse/"]
+    pairs = list(zip(action["Args"][::2], action["Args"][1::2]))
+    assert ("--python", "3.11") in pairs, "the wheels are for one Python: the nodes must use that one"
+
+    res = _run([BOOT / "create_cluster.sh", "--dry-run", "--s3-prefix", "s3://b/p", "--deploy-id", "d3",
+                "--wheel", fake_wheel, "--wheelhouse", "--cluster-python", "3.9"], env=_no_aws_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    (download,) = [c for c in _commands(res.stdout) if c[1:4] == ["-m", "pip", "download"]]
+    assert download[0] == "python3.9" and download[download.index("-r") + 1] == str(REQS39)
+
+
+def test_create_cluster_role_studio_and_persistence_options(tmp_path, fake_wheel):
+    res = _run([BOOT / "create_cluster.sh", "--dry-run", "--s3-prefix", "s3://b/p", "--deploy-id", "d4",
+                "--wheel", fake_wheel, "--legacy-roles", "--studio", "--notebook-bucket", "none"],
+               env=_no_aws_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    create = _commands(res.stdout)[-1]
+    assert _option(create, "--service-role") == ["EMR_DefaultRole"], "v1 role for accounts that still use it"
+    assert _option(create, "--applications")[-1] == "Name=JupyterEnterpriseGateway"
+    assert json.loads(_option(create, "--configurations")[0]) == json.loads(CONFIG.read_text())
+    res = _run([BOOT / "create_cluster.sh", "--dry-run", "--s3-prefix", "s3://b/p", "--wheel", fake_wheel,
+                "--notebook-bucket", "notebooks-bucket"], env=_no_aws_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    (persistence,) = [c for c in json.loads(_option(_commands(res.stdout)[-1], "--configurations")[0])
+                      if c["Classification"] == "jupyter-s3-conf"]
+    assert persistence["Properties"]["s3.persistence.bucket"] == "notebooks-bucket"
+
+
+def test_create_cluster_run_notebook_sizes_the_session_for_its_cluster(tmp_path, fake_wheel):
+    notebook = tmp_path / "02.ipynb"
+    notebook.write_text("{}")
+    res = _run([BOOT / "create_cluster.sh", "--dry-run", "--s3-prefix", "s3://b/p", "--deploy-id", "d5",
+                "--wheel", fake_wheel, "--core-type", "m5.4xlarge", "--core-count", "3", "--run-notebook",
+                "--notebook", notebook, "--input", INPUT, "--output", OUTPUT], env=_no_aws_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    (step,) = json.loads(_option(_commands(res.stdout)[-1], "--steps")[0])
+    args = step["Args"]
+    assert json.loads(args[args.index("--session-config") + 1]) == _session_config("--core-type", "m5.4xlarge",
+                                                                                    "--core-count", "3")
 
 
 @pytest.mark.parametrize(
@@ -434,6 +771,8 @@ def test_create_cluster_wheelhouse_for_private_subnets(tmp_path, fake_wheel):
         (["--s3-prefix", "s3://b/p", "--run-pipeline"], "--input"),
         (["--s3-prefix", "s3://b/p", "--auto-terminate"], "terminate the cluster right after"),
         (["--s3-prefix", "s3://b/p", "--frobnicate"], "unknown argument"),
+        (["--s3-prefix", "s3://b/p", "--legacy-roles", "--service-role", "R"], "not both"),
+        (["--s3-prefix", "s3://b/p", "--notebook-bucket", "s3://x"], "bucket name"),
     ],
 )
 def test_create_cluster_rejects_bad_arguments(tmp_path, args, message):
@@ -464,93 +803,156 @@ def test_run_step_pipeline_and_notebook_steps(tmp_path):
     bash, dash_c, script, runner, *args = step["Args"]
     assert (bash, dash_c, runner) == ("bash", "-c", "s3://b/d/run_notebook_on_master.sh")
     assert 'aws s3 cp --only-show-errors "$0"' in script and 'exec bash "$runner" "$@"' in script
+    assert '"${0%/*}/sparkmagic_config.py"' in script, "the generator is fetched from the runner's folder"
     assert args == ["--notebook", "s3://b/d/notebooks/02_emr_full_run.ipynb",
                     "--output", OUTPUT + "notebooks/02_emr_full_run.executed.ipynb",
-                    "-p", "input_uri", INPUT, "-p", "output_uri", OUTPUT, "-p", "batch_size", "64"]
+                    "-p", "input", INPUT, "-p", "output", OUTPUT, "-p", "batch_size", "64"]
+
+    res = _run([BOOT / "run_step.sh", "notebook", "--print-json", "--runner", "s3://b/d/r.sh", "--notebook",
+                "s3://b/d/02.ipynb", "--input", INPUT, "--output", OUTPUT, "--core-type", "m5.xlarge"], env=env)
+    assert res.returncode == 0, res.stderr
+    args = json.loads(res.stdout)[0]["Args"]
+    assert json.loads(args[args.index("--session-config") + 1]) == _session_config("--core-type", "m5.xlarge")
+
+
+def test_run_step_studio_engine_dry_run(tmp_path):
+    res = _run([BOOT / "run_step.sh", "notebook", "--engine", "studio", "--cluster-id", "j-ABC", "--dry-run", "--wait",
+                "--notebook", "s3://b/d/notebooks/02_emr_full_run.ipynb", "--input", INPUT, "--output", OUTPUT,
+                "-p", "batch_size", "64", "-p", "k", "None", "-p", "mode", "overwrite"], env=_no_aws_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    start, status = _commands(res.stdout)
+    assert start[:3] == ["aws", "emr", "start-notebook-execution"]
+    assert json.loads(_option(start, "--execution-engine")[0]) == {"Id": "j-ABC", "Type": "EMR"}
+    assert json.loads(_option(start, "--notebook-s3-location")[0]) == {
+        "Bucket": "b", "Key": "d/notebooks/02_emr_full_run.ipynb"}
+    assert json.loads(_option(start, "--output-notebook-s3-location")[0]) == {
+        "Bucket": "my-bucket", "Key": "p8 project/runs/it's-1/notebooks/"}
+    # NotebookParams fill the parameters cell: numbers and None as JSON, like papermill -p
+    assert json.loads(_option(start, "--notebook-params")[0]) == {
+        "input": INPUT, "output": OUTPUT, "batch_size": 64, "k": None, "mode": "overwrite"}
+    assert _option(start, "--service-role") == ["EMR_Notebooks_DefaultRole"]
+    assert status[:3] == ["aws", "emr", "describe-notebook-execution"]
+    for args, message in [(["--runner", "s3://b/r.sh"], "--runner belongs"), (["--print-json"], "runs no step")]:
+        res = _run([BOOT / "run_step.sh", "notebook", "--engine", "studio", "--cluster-id", "j-ABC", "--dry-run",
+                    "--notebook", "s3://b/n.ipynb", "--input", INPUT, "--output", OUTPUT, *args],
+                   env=_no_aws_env(tmp_path))
+        assert res.returncode != 0 and message in res.stderr
 
 
 def test_run_notebook_dry_run_uses_papermill_in_the_jupyterhub_container(tmp_path):
+    session = _session_config()
     res = _run([BOOT / "run_notebook_on_master.sh", "--dry-run", "--notebook", "s3://b/nb/02 emr.ipynb",
-                "--output", OUTPUT + "nb.ipynb", "-p", "input_uri", INPUT, "-p", "output_uri", OUTPUT],
-               env=_no_aws_env(tmp_path))
+                "--output", OUTPUT + "nb.ipynb", "-p", "input", INPUT, "-p", "output", OUTPUT,
+                "--session-config", json.dumps(session)], env=_no_aws_env(tmp_path))
     assert res.returncode == 0, res.stderr
     commands = _commands(res.stdout)
     assert commands[0][:4] == ["aws", "s3", "cp", "--only-show-errors"] and commands[0][4] == "s3://b/nb/02 emr.ipynb"
     (papermill,) = [c for c in commands if "papermill" in c and "-m" in c and "--kernel" in c]
-    assert papermill[:4] == ["sudo", "docker", "exec", "-e"] and papermill[4].startswith("SPARKMAGIC_CONF_DIR=/tmp/")
-    assert papermill[5] == "jupyterhub"
+    # papermill and the sparkmagic kernels live in EMR's jupyterhub container, not on the host
+    assert papermill[:3] == ["sudo", "docker", "exec"]
+    conf_env = papermill[papermill.index("-e") + 1]
+    assert conf_env.startswith("SPARKMAGIC_CONF_DIR=/tmp/")
+    assert papermill[papermill.index("-e") + 2] == "jupyterhub"
+    assert "-i" in papermill[:papermill.index("jupyterhub")], "stdin carries the keep-alive stream"
+    assert papermill[papermill.index("jupyterhub") + 1:][:2] == ["sh", "-c"], "papermill runs under the watcher"
     assert _option(papermill, "--kernel") == ["pysparkkernel"]
-    assert papermill[-6:] == ["-p", "input_uri", INPUT, "-p", "output_uri", OUTPUT]
-    (config,) = [c for c in commands if any("all_errors_are_fatal" in w for w in c)]
-    assert config[4] == papermill[4], "the run's sparkmagic config goes where papermill's kernel reads it"
+    assert papermill[-6:] == ["-p", "input", INPUT, "-p", "output", OUTPUT]
+    # the run's sparkmagic config: the kit's generator, in the container, where papermill's kernel reads it
+    (config,) = [c for c in commands if "headless" in c and any(w.endswith("/sparkmagic_config.py") for w in c)]
+    assert config[:5] == ["sudo", "docker", "exec", "-e", conf_env] and config[5] == "jupyterhub"
+    assert _option(config, "--out") == [conf_env.split("=", 1)[1] + "/config.json"]
+    assert _option(config, "--base")[0] == "/etc/jupyter/conf/config.json"
+    (copy_generator,) = [c for c in commands if c[:3] == ["sudo", "docker", "cp"] and c[3] == str(GENERATOR)]
+    run_dir = _option(config, "--out")[0].rsplit("/", 1)[0]
+    assert copy_generator[4] == f"jupyterhub:{run_dir}/sparkmagic_config.py"
+    # the session size goes into the notebook's %%configure cell, before papermill runs it
+    (cell,) = [c for c in commands if "configure-cell" in c]
+    assert json.loads(_option(cell, "--session-config")[0]) == session
+    assert commands.index(cell) < commands.index(papermill)
     assert commands[-1][:3] == ["aws", "s3", "cp"] and commands[-1][-1] == OUTPUT + "nb.ipynb"
 
 
 # ------------------------------------------------------------------------------------------------
-# The printed commands, through the real aws CLI, against a local stub of the EMR API
+# The scripts for real, against a local AWS API emulator (moto's server: EMR + S3)
 # ------------------------------------------------------------------------------------------------
-class _StubEMR(http.server.BaseHTTPRequestHandler):
-    replies = {
-        "RunJobFlow": {"JobFlowId": "j-STUB",
-                       "ClusterArn": "arn:aws:elasticmapreduce:eu-west-1:123456789012:cluster/j-STUB"},
-        "DescribeCluster": {"Cluster": {"Id": "j-STUB", "Name": "stub", "ReleaseLabel": "emr-7.13.0",
-                                        "Status": {"State": "WAITING"}}},
-        "AddJobFlowSteps": {"StepIds": ["s-STUB"]},
-    }
-
-    def do_POST(self):  # noqa: N802 (http.server API)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        operation = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
-        self.server.calls.append((operation, json.loads(body or b"{}")))
-        data = json.dumps(self.replies.get(operation, {})).encode()
-        self.send_response(200 if operation in self.replies else 400)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def _aws_cli():
+    for candidate in (BIN / "aws", shutil.which("aws")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
-@pytest.fixture()
-def stub_emr(tmp_path):
-    aws = shutil.which("aws")
+@pytest.fixture(scope="module")
+def aws_emulator(tmp_path_factory):
+    pytest.importorskip("moto", reason="moto[server] is not installed (the dev extra; make install does it)")
+    pytest.importorskip("flask", reason="moto's server needs flask (moto[server], the dev extra)")
+    aws = _aws_cli()
     if aws is None:
-        pytest.skip("the aws CLI is not installed: only the printed text is checked")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubEMR)
-    server.calls = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    (tmp_path / "aws-empty").write_text("")
-    env.update(AWS_ACCESS_KEY_ID="AKIDSTUBSTUBSTUB", AWS_SECRET_ACCESS_KEY="stub", AWS_DEFAULT_REGION="eu-west-1",
-               AWS_CONFIG_FILE=str(tmp_path / "aws-empty"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "aws-empty"),
-               AWS_EC2_METADATA_DISABLED="true", AWS_MAX_ATTEMPTS="1")
+        pytest.skip("the aws CLI is not installed (awscli, the dev extra; make install does it)")
+    from .harness import aws_emulator as harness
 
-    def call(argv):
-        assert argv[0] == "aws"
-        res = _run([aws, "--endpoint-url", f"http://127.0.0.1:{server.server_address[1]}", *argv[1:]], env=env)
-        assert res.returncode == 0, res.stderr
-        return res.stdout.strip(), server.calls
-
-    yield call
-    server.shutdown()
-    server.server_close()
+    emulator = harness.start(tmp_path_factory.mktemp("aws-emulator"))
+    emulator.aws = aws
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
 
 
-def test_aws_cli_turns_create_cluster_into_the_intended_request(tmp_path, fake_wheel, stub_emr):
-    _, commands = _create_dry_run(tmp_path, fake_wheel)
-    out, calls = stub_emr(commands[-1])
-    assert out == "j-STUB"
-    ((operation, request),) = calls
-    assert operation == "RunJobFlow"
+def _emulated(emulator, tmp_path) -> dict:
+    """Environment for the kit's scripts: the emulator's endpoint and fake credentials, the aws CLI on PATH."""
+    env = emulator.env()
+    env["PATH"] = os.pathsep.join([str(emulator.aws.parent), env.get("PATH", "")])
+    env["TMPDIR"] = str(tmp_path)
+    return env
+
+
+def _aws(emulator, env, *args) -> str:
+    res = _run([emulator.aws, *args], env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def _bucket(emulator, env, name: str) -> None:
+    """Create the bucket unless it exists (the emulator lives for the whole module)."""
+    if _run([emulator.aws, "s3api", "head-bucket", "--bucket", name], env=env).returncode != 0:
+        _aws(emulator, env, "s3api", "create-bucket", "--bucket", name)
+
+
+@pytest.mark.heavy  # the aws CLI starts in ~1 s, several times per test
+def test_create_cluster_for_real_against_the_emulator(aws_emulator, tmp_path, fake_wheel):
+    """create_cluster.sh uploads the kit and creates the cluster through the real aws CLI; the emulator
+    received exactly the objects and the RunJobFlow the dry run promised."""
+    env = _emulated(aws_emulator, tmp_path)
+    _bucket(aws_emulator, env, "my-bucket")
+    before = len(aws_emulator.requests())
+    res = _run(_create_args(tmp_path, fake_wheel, region=("--region", "us-east-1")), env=env)
+    assert res.returncode == 0, res.stderr
+    cluster_id = res.stdout.strip()
+    assert re.fullmatch(r"j-[A-Z0-9]+", cluster_id), res.stdout
+
     deploy = PREFIX + "/deploy/d1"
+    puts = aws_emulator.s3_puts()
+    assert puts[deploy + "/emr_bootstrap.sh"] == (BOOT / "emr_bootstrap.sh").read_bytes()
+    assert puts[deploy + "/requirements-emr.txt"] == REQS.read_bytes()
+    assert puts[deploy + "/requirements-emr-py39.txt"] == REQS39.read_bytes()
+    assert puts[deploy + "/sparkmagic_config.py"] == GENERATOR.read_bytes()
+    assert puts[deploy + "/run_notebook_on_master.sh"] == (BOOT / "run_notebook_on_master.sh").read_bytes()
+    assert puts[deploy + "/" + fake_wheel.name] == fake_wheel.read_bytes()
+    assert puts[deploy + "/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"] == b"\x89HDF\r\n\x1a\n"
+
+    requests = aws_emulator.requests()[before:]
+    emr = [(r["target"], json.loads(r["body"])) for r in requests if r["target"]]
+    ((operation, request),) = emr
+    assert operation == "RunJobFlow"
+    assert all(r["method"] == "PUT" for r in requests if not r["target"]), "uploads, then one EMR call"
     assert request["ReleaseLabel"] == "emr-7.13.0"
     assert request["Applications"] == [{"Name": "Spark"}, {"Name": "Livy"}, {"Name": "JupyterHub"}]
-    assert request["Configurations"] == json.loads(CONFIG.read_text())
+    assert request["Configurations"] == json.loads(CONFIG.read_text()) + [PERSISTENCE]
     assert request["LogUri"] == PREFIX + "/emr-logs/"
     assert request["AutoTerminationPolicy"] == {"IdleTimeout": 1800}
+    assert request["ServiceRole"] == "EMR_DefaultRole_V2" and request["JobFlowRole"] == "EMR_EC2_DefaultRole"
+    assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in request["Tags"]
     assert request["Instances"]["Ec2KeyName"] == "my key" and request["Instances"]["Ec2SubnetId"] == "subnet-0abc"
     assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
     groups = request["Instances"]["InstanceGroups"]
@@ -559,46 +961,143 @@ def test_aws_cli_turns_create_cluster_into_the_intended_request(tmp_path, fake_w
     (action,) = request["BootstrapActions"]
     assert action["ScriptBootstrapAction"]["Path"] == deploy + "/emr_bootstrap.sh"
     assert action["ScriptBootstrapAction"]["Args"][:2] == ["--wheel", deploy + "/" + fake_wheel.name]
+    for uri in [a for a in action["ScriptBootstrapAction"]["Args"] if a.startswith("s3://")]:
+        assert uri in puts or not uri.startswith(deploy), f"the bootstrap reads {uri}, which was not uploaded"
     (step,) = request["Steps"]
     assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
     assert step["HadoopJarStep"]["Args"][3:] == ["/opt/p8utils/p8utils_main.py", "run", "--input", INPUT,
                                                  "--output", OUTPUT, "--k", "50"]
 
+    # and read back through the API: the cluster, its tags, its step
+    cluster = json.loads(_aws(aws_emulator, env, "emr", "describe-cluster", "--cluster-id", cluster_id))["Cluster"]
+    assert cluster["ReleaseLabel"] == "emr-7.13.0"
+    assert {"Key": "deploy", "Value": "d1"} in cluster["Tags"]
+    steps = json.loads(_aws(aws_emulator, env, "emr", "list-steps", "--cluster-id", cluster_id))["Steps"]
+    assert [s["Name"] for s in steps] == ["p8utils pipeline"]
 
-def test_aws_cli_turns_create_cluster_with_auto_terminate_into_a_transient_cluster(tmp_path, fake_wheel, stub_emr):
-    _, commands = _create_dry_run(tmp_path, fake_wheel, "--auto-terminate")
-    _, calls = stub_emr(commands[-1])
-    assert calls[-1][1]["Instances"]["KeepJobFlowAliveWhenNoSteps"] is False
 
-
-def test_aws_cli_turns_add_steps_into_the_intended_request(tmp_path, stub_emr):
-    res = _run([BOOT / "run_step.sh", "notebook", "--cluster-id", "j-STUB", "--dry-run", "--runner", "s3://b/r.sh",
-                "--notebook", "s3://b/02.ipynb", "--input", INPUT, "--output", OUTPUT], env=_no_aws_env(tmp_path))
+@pytest.mark.heavy  # the aws CLI starts in ~1 s, several times per test
+def test_create_cluster_with_auto_terminate_is_a_transient_cluster(aws_emulator, tmp_path, fake_wheel):
+    env = _emulated(aws_emulator, tmp_path)
+    _bucket(aws_emulator, env, "my-bucket")
+    res = _run(_create_args(tmp_path, fake_wheel, "--auto-terminate", region=()), env=env)
     assert res.returncode == 0, res.stderr
-    (cmd,) = _commands(res.stdout)
-    out, calls = stub_emr(cmd)
-    assert out == "s-STUB"
-    operation, request = calls[-1]
-    assert operation == "AddJobFlowSteps" and request["JobFlowId"] == "j-STUB"
+    (_, request) = aws_emulator.emr_calls("RunJobFlow")[-1]
+    assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is False
+
+
+@pytest.fixture(scope="module")
+def emulated_cluster(aws_emulator, tmp_path_factory):
+    """A cluster made by create_cluster.sh in the emulator (with notebook 02 uploaded and --studio)."""
+    tmp_path = tmp_path_factory.mktemp("emulated-cluster")
+    fake_wheel = tmp_path / "p8utils-9.8.7-py3-none-any.whl"
+    fake_wheel.write_bytes(b"PK not really a wheel")
+    env = _emulated(aws_emulator, tmp_path)
+    bucket = "nb-bucket-module"
+    _bucket(aws_emulator, env, bucket)
+    prefix = f"s3://{bucket}/p8"
+    res = _run([BOOT / "create_cluster.sh", "--s3-prefix", prefix, "--deploy-id", "d1", "--wheel", fake_wheel,
+                "--studio"], env=env)
+    assert res.returncode == 0, res.stderr
+    return {"env": env, "id": res.stdout.strip(), "prefix": prefix, "bucket": bucket,
+            "notebook": f"{prefix}/deploy/d1/notebooks/02_emr_full_run.ipynb",
+            "runner": f"{prefix}/deploy/d1/run_notebook_on_master.sh"}
+
+
+@pytest.mark.heavy  # the aws CLI starts in ~1 s, several times per test
+def test_run_step_adds_the_notebook_step_for_real(aws_emulator, emulated_cluster):
+    c = emulated_cluster
+    (_, create) = aws_emulator.emr_calls("RunJobFlow")[-1]
+    assert {"Name": "JupyterEnterpriseGateway"} in create["Applications"], "--studio"
+    res = _run([BOOT / "run_step.sh", "notebook", "--cluster-id", c["id"], "--runner", c["runner"],
+                "--notebook", c["notebook"], "--input", INPUT, "--output", OUTPUT, "--core-count", "3"], env=c["env"])
+    assert res.returncode == 0, res.stderr
+    step_id = res.stdout.strip()
+    (operation, request) = aws_emulator.emr_calls()[-1]
+    assert operation == "AddJobFlowSteps" and request["JobFlowId"] == c["id"]
     (step,) = request["Steps"]
     assert step["ActionOnFailure"] == "CONTINUE"
-    assert step["HadoopJarStep"]["Args"][3:] == ["s3://b/r.sh", "--notebook", "s3://b/02.ipynb", "--output",
-                                                 OUTPUT + "notebooks/02.executed.ipynb", "-p", "input_uri", INPUT,
-                                                 "-p", "output_uri", OUTPUT]
+    args = step["HadoopJarStep"]["Args"]
+    assert args[3:14] == [c["runner"], "--notebook", c["notebook"], "--output",
+                          OUTPUT + "notebooks/02_emr_full_run.executed.ipynb", "-p", "input", INPUT,
+                          "-p", "output", OUTPUT]
+    assert json.loads(args[args.index("--session-config") + 1]) == _session_config("--core-count", "3")
+    # what the step will download exists in S3: the runner and its generator, next to each other
+    for key in ("p8/deploy/d1/run_notebook_on_master.sh", "p8/deploy/d1/sparkmagic_config.py"):
+        _aws(aws_emulator, c["env"], "s3api", "head-object", "--bucket", c["bucket"], "--key", key)
+    step_back = json.loads(_aws(aws_emulator, c["env"], "emr", "describe-step", "--cluster-id", c["id"],
+                                "--step-id", step_id))["Step"]
+    assert step_back["Config"]["Args"] == args
+
+
+@pytest.mark.heavy  # the aws CLI starts in ~1 s, several times per test
+def test_studio_engine_starts_and_waits_for_a_notebook_execution(aws_emulator, emulated_cluster):
+    c = emulated_cluster
+    res = _run([BOOT / "run_step.sh", "notebook", "--engine", "studio", "--cluster-id", c["id"], "--notebook",
+                c["notebook"], "--input", INPUT, "--output", f"s3://{c['bucket']}/runs/r1/", "-p", "batch_size", "32",
+                "--core-type", "m5.4xlarge", "--wait", "--poll-seconds", "1"], env=c["env"], timeout=300)
+    assert res.returncode == 0, res.stderr
+    execution_id = res.stdout.strip()
+    assert "finished" in res.stderr
+    ((_, start),) = [call for call in aws_emulator.emr_calls("StartNotebookExecution")
+                     if call[1]["ExecutionEngine"]["Id"] == c["id"]]
+    assert start["ServiceRole"] == "EMR_Notebooks_DefaultRole" and start["OutputNotebookFormat"] == "IPYNB"
+    assert start["OutputNotebookS3Location"] == {"Bucket": c["bucket"], "Key": "runs/r1/notebooks/"}
+    assert json.loads(start["NotebookParams"]) == {"input": INPUT, "output": f"s3://{c['bucket']}/runs/r1/",
+                                                   "batch_size": 32}
+    # the session size is in the copy EMR runs: its %%configure cell was rewritten and uploaded first
+    source = start["NotebookS3Location"]
+    assert source == {"Bucket": c["bucket"], "Key": "runs/r1/notebooks/02_emr_full_run.input.ipynb"}
+    copy = json.loads(aws_emulator.s3_puts()[f"s3://{source['Bucket']}/{source['Key']}"])
+    (cell,) = [x for x in copy["cells"] if "".join(x["source"]).startswith("%%configure")]
+    assert json.loads("".join(cell["source"]).split("\n", 1)[1]) == _session_config("--core-type", "m5.4xlarge")
+    polls = [r for op, r in aws_emulator.emr_calls("DescribeNotebookExecution")
+             if r["NotebookExecutionId"] == execution_id]
+    assert len(polls) >= 2, "--wait polls until FINISHED"
+    execution = json.loads(_aws(aws_emulator, c["env"], "emr", "describe-notebook-execution",
+                                "--notebook-execution-id", execution_id))["NotebookExecution"]
+    assert execution["Status"] == "FINISHED"
+
+
+@pytest.mark.heavy  # the aws CLI starts in ~1 s, several times per test
+def test_studio_engine_fails_clearly(aws_emulator, emulated_cluster, tmp_path):
+    c = emulated_cluster
+    res = _run([BOOT / "run_step.sh", "notebook", "--engine", "studio", "--cluster-id", c["id"], "--notebook",
+                f"s3://{c['bucket']}/no/such.ipynb", "--input", INPUT, "--output", f"s3://{c['bucket']}/r/"],
+               env=c["env"])
+    assert res.returncode != 0 and "start-notebook-execution failed" in res.stderr
+    assert "not found" in res.stderr, "EMR's (the emulator's) reason is shown"
+    from .harness import aws_emulator as harness
+
+    failing = harness.start(tmp_path / "failing-emulator", env=dict(os.environ, P8_EMULATOR_NOTEBOOK_FINAL="FAILED"))
+    try:
+        failing.aws = aws_emulator.aws
+        env = _emulated(failing, tmp_path)
+        _bucket(failing, env, "nb-bucket")
+        _aws(failing, env, "s3", "cp", ROOT / "notebooks" / "02_emr_full_run.ipynb", "s3://nb-bucket/02.ipynb")
+        cluster = json.loads(_aws(failing, env, "emr", "create-cluster", "--release-label", "emr-7.13.0",
+                                  "--instance-type", "m5.xlarge", "--instance-count", "1", "--use-default-roles"))
+        res = _run([BOOT / "run_step.sh", "notebook", "--engine", "studio", "--cluster-id", cluster["ClusterId"],
+                    "--notebook", "s3://nb-bucket/02.ipynb", "--input", INPUT, "--output", "s3://nb-bucket/r/",
+                    "--wait", "--poll-seconds", "1"], env=env, timeout=300)
+        assert res.returncode != 0 and "is FAILED" in res.stderr and "s3://nb-bucket/r/notebooks/" in res.stderr
+    finally:
+        failing.stop()
 
 
 # ------------------------------------------------------------------------------------------------
 # Slow: the bootstrap for real (local test mode) with a wheel of this repository
 # ------------------------------------------------------------------------------------------------
-def _supported_python() -> str:
-    versions = re.search(r"^#\s*python-versions:\s*(.+)$", REQS.read_text(), re.M).group(1).split()
-    if "{}.{}".format(*sys.version_info[:2]) in versions:
-        return sys.executable
-    for version in versions:
-        found = shutil.which(f"python{version}")
+def _supported_python() -> tuple:
+    """(a Python of one of the pin sets, its pin file): this interpreter if it is one, else any found."""
+    here = "{}.{}".format(*sys.version_info[:2])
+    if here in PIN_SETS:
+        return sys.executable, PIN_SETS[here]
+    for version, path in sorted(PIN_SETS.items(), reverse=True):
+        found = _find_python(version)
         if found:
-            return found
-    pytest.skip(f"no Python {' or '.join(versions)} available for the bootstrap test")
+            return found, path
+    pytest.skip(f"no Python {' or '.join(PIN_SETS)} available for the bootstrap test")
 
 
 @pytest.fixture(scope="module")
@@ -621,14 +1120,16 @@ def bootstrapped(tmp_path_factory):
         f["marker"] = [1, 2, 3]
 
     prefix, keras_home = tmp / "opt" / "p8utils", tmp / "opt" / "keras"
-    args = ["--prefix", prefix, "--keras-home", keras_home, "--python", _supported_python(),
-            "--wheel", wheel, "--requirements", REQS, "--weights", weights]
+    python, requirements = _supported_python()
+    # both pin sets, as on EMR: the bootstrap installs the one made for its Python
+    args = ["--prefix", prefix, "--keras-home", keras_home, "--python", python,
+            "--wheel", wheel, "--requirements", REQS, "--requirements", REQS39, "--weights", weights]
     env = dict(os.environ, P8_BOOTSTRAP_LOCAL="1", TMPDIR=str(tmp))
     first = _run([BOOT / "emr_bootstrap.sh", *args], env=env, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     again = _run([BOOT / "emr_bootstrap.sh", *args], env=env, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
-    return {"prefix": prefix, "keras_home": keras_home, "weights": weights, "tmp": tmp,
+    return {"prefix": prefix, "keras_home": keras_home, "weights": weights, "tmp": tmp, "requirements": requirements,
             "python": prefix / "venv" / "bin" / "python", "first": first, "again": again}
 
 
@@ -637,12 +1138,13 @@ def test_bootstrap_installs_pins_and_p8utils_into_a_fresh_venv(bootstrapped):
     py = bootstrapped["python"]
     assert py.is_file()
     freeze = _run([py, "-m", "pip", "freeze"]).stdout.lower()
-    for name, version in _pins().items():
+    for name, version in _pins(bootstrapped["requirements"]).items():
         assert f"{name}=={version}" in freeze.replace("_", "-"), f"{name}=={version} not installed"
     assert "p8utils" in freeze and "pyspark" not in freeze
     assert (bootstrapped["prefix"] / "INSTALLED.txt").read_text().count("p8utils") >= 2
     log = bootstrapped["first"].stdout + bootstrapped["first"].stderr
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \[p8-bootstrap\] done in \d+ s", log, re.M)
+    assert f"installing {bootstrapped['requirements'].name}" in log
     again = bootstrapped["again"].stdout + bootstrapped["again"].stderr
     assert "reusing existing virtualenv" in again and "already present and identical" in again
 
@@ -721,52 +1223,150 @@ def test_spark_submit_runs_the_pipeline_through_the_bootstrap_launcher(bootstrap
 
 
 # ------------------------------------------------------------------------------------------------
-# Slow, optional: run_notebook_on_master.sh end to end against tests/livy_test_server.py
+# Slow, optional: run_notebook_on_master.sh end to end against tests/harness/livy_test_server.py
 # ------------------------------------------------------------------------------------------------
 def _sparkmagic_python():
     code = ("import sys, papermill, sparkmagic, pyspark\n"
             "from jupyter_client.kernelspec import KernelSpecManager\n"
-            "sys.exit(0 if 'pysparkkernel' in KernelSpecManager().find_kernel_specs() else 1)")
+            "sys.exit(0 if 'pysparkkernel' in KernelSpecManager().find_kernel_specs() else 3)")
     for python in (os.environ.get("P8_SPARKMAGIC_PYTHON"), sys.executable):
-        if python and _run([python, "-c", code], timeout=60).returncode == 0:
-            return python
+        if python:
+            res = _run([python, "-c", code], timeout=60)
+            if res.returncode == 0:
+                return python
+            if res.returncode == 3 and python == sys.executable:
+                return python  # sparkmagic without its kernelspec: _runner_env provides one (as test_livy.py does)
     return None
 
 
+def _runner_env(tmp_path: Path, python: str) -> dict:
+    env = dict(os.environ, P8_BASE_SPARKMAGIC_DIR=str(tmp_path / "none"), TMPDIR=str(tmp_path),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"), IPYTHONDIR=str(tmp_path / "ipy"),
+               MPLCONFIGDIR=str(tmp_path / "mpl"), JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"),
+               JUPYTER_DATA_DIR=str(tmp_path / "jdata"))
+    installed = Path(python).parent.parent / "share" / "jupyter" / "kernels" / "pysparkkernel"
+    if not installed.is_dir():  # `make test` installs it; plain pytest may not have
+        located = _run([python, "-c", "import os, sparkmagic; print(os.path.dirname(sparkmagic.__file__))"])
+        shutil.copytree(Path(located.stdout.strip()) / "kernels" / "pysparkkernel",
+                        tmp_path / "jdata" / "kernels" / "pysparkkernel")
+    return env
+
+
+def _pyspark_notebook(cells: list) -> dict:
+    return {"nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": "pysparkkernel", "display_name": "PySpark", "language": "python"}},
+            "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {"tags": tags} if tags else {}, "outputs": [],
+                       "execution_count": None, "source": source} for i, (source, tags) in enumerate(cells)]}
+
+
+def _processes_mentioning(text: str) -> list:
+    """PIDs of live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
 @pytest.mark.slow
+@pytest.mark.jvm
 def test_run_notebook_on_master_headless_against_a_livy_endpoint(tmp_path):
     python = _sparkmagic_python()
     if python is None:
         pytest.skip("needs a Python with papermill, sparkmagic (pysparkkernel kernelspec) and pyspark: "
                     "set P8_SPARKMAGIC_PYTHON (tests/sparkmagic/run_demo.sh builds one)")
-    livy = pytest.importorskip("tests.livy_test_server")
-    notebook = {
-        "nbformat": 4, "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "pysparkkernel", "display_name": "PySpark", "language": "python"}},
-        "cells": [
-            {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]}, "outputs": [],
-             "execution_count": None, "source": "n = 3\nfail = False"},
-            {"cell_type": "code", "id": "c", "metadata": {}, "outputs": [], "execution_count": None,
-             "source": "print('count =', spark.range(n * 10).count())"},
-            {"cell_type": "code", "id": "f", "metadata": {}, "outputs": [], "execution_count": None,
-             "source": "if fail:\n    raise ValueError('boom')"},
-        ],
-    }
+    livy = pytest.importorskip("tests.harness.livy_test_server")
+    notebook = _pyspark_notebook([
+        ('%%configure -f\n{"driverMemory": "3g"}', None),
+        ("n = 3\nfail = False", ["parameters"]),
+        ("print('count =', spark.range(n * 10).count())", None),
+        ("print('driver memory =', spark.conf.get('spark.driver.memory'))", None),
+        ("if fail:\n    raise ValueError('boom')", None),
+    ])
     source = tmp_path / "nb.ipynb"
     source.write_text(json.dumps(notebook))
-    env = dict(os.environ, P8_BASE_SPARKMAGIC_DIR=str(tmp_path / "none"), TMPDIR=str(tmp_path),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"), IPYTHONDIR=str(tmp_path / "ipy"),
-               MPLCONFIGDIR=str(tmp_path / "mpl"), JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"))
+    env = _runner_env(tmp_path, python)
+    # the session the runner writes into the %%configure cell (the default cluster's, with a small driver here)
+    session = dict(_session_config(), driverMemory="1g")
     server = livy.start("127.0.0.1", 0, python=python, log_dir=str(tmp_path / "livy-logs"))
     try:
         base = [BOOT / "run_notebook_on_master.sh", "--no-docker", "--python", python, "--livy-url", server.url,
-                "--notebook", source]
+                "--notebook", source, "--session-config", json.dumps(session)]
         ok = _run([*base, "--output", tmp_path / "ok.ipynb", "-p", "n", "5"], env=env, timeout=900)
         assert ok.returncode == 0, ok.stderr[-5000:]
         executed = (tmp_path / "ok.ipynb").read_text()
         assert "count =" in executed and "50" in executed
+        assert "driver memory = 1g" in executed, "--session-config replaced the notebook's %%configure"
         bad = _run([*base, "--output", tmp_path / "bad.ipynb", "-p", "fail", "True"], env=env, timeout=900)
         assert bad.returncode != 0, "a failing cell must fail the run"
         assert "boom" in (tmp_path / "bad.ipynb").read_text(), "the executed notebook keeps the error"
+        deadline = time.monotonic() + 30
+        while server.sessions() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not server.sessions(), "the runs' sessions were deleted (shutdown on error, cleanup on exit)"
     finally:
+        server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.jvm
+def test_a_killed_run_leaves_no_livy_session_behind(tmp_path):
+    """SIGKILL the runner in the middle of a long cell (what a cancelled step can do): its watcher stops
+    papermill, the kernel goes with it, and Livy (here the test server, which enforces the heartbeat as Livy
+    does) deletes the session once the kernel's heartbeat stops. Before: no heartbeat, no cleanup, and under
+    `docker exec` papermill outlived its client, so the session (a YARN application) ran on."""
+    python = _sparkmagic_python()
+    if python is None:
+        pytest.skip("needs a Python with papermill, sparkmagic (pysparkkernel kernelspec) and pyspark")
+    livy = pytest.importorskip("tests.harness.livy_test_server")
+    timeout = _generator().HEADLESS["livy_server_heartbeat_timeout_seconds"]
+    source = tmp_path / "nb.ipynb"
+    source.write_text(json.dumps(_pyspark_notebook([
+        ("n = 1", ["parameters"]),
+        ("import time\nprint('started', flush=True)\ntime.sleep(900)", None),
+    ])))
+    server = livy.start("127.0.0.1", 0, python=python, log_dir=str(tmp_path / "livy-logs"))
+    runner = None
+    try:
+        runner = subprocess.Popen(
+            [str(BOOT / "run_notebook_on_master.sh"), "--no-docker", "--python", python, "--livy-url", server.url,
+             "--notebook", str(source), "--output", str(tmp_path / "out.ipynb")],
+            env=_runner_env(tmp_path, python), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "runner.log", "wb"),
+            start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not any(s.state() == "busy" for s in server.sessions()):
+            assert runner.poll() is None, (tmp_path / "runner.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the long cell never started"
+            time.sleep(0.5)
+        (session,) = server.sessions()
+        assert session.heartbeat_timeout == timeout, "sparkmagic asked Livy for the generator's heartbeat"
+        os.kill(runner.pid, signal.SIGKILL)  # the runner only: no trap, no cleanup of its own
+        runner.wait()
+        killed_at = time.monotonic()
+        deadline = killed_at + 30
+        # papermill goes at once (its watcher sees the keep-alive stream end); the orphaned kernel (its connection
+        # file lies under TMPDIR = tmp_path) exits a few seconds later (ipykernel's parent poller)
+        while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_mentioning(str(tmp_path)), "papermill or its kernel outlived the killed runner"
+        deadline = killed_at + timeout + 45
+        while server.sessions() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not server.sessions(), f"the session outlived its client by more than {timeout + 45} s"
+        print(f"\n[killed run] session deleted {time.monotonic() - killed_at:.0f} s after SIGKILL")
+    finally:
+        if runner is not None and runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+        for pid in _processes_mentioning(str(tmp_path)):
+            os.kill(pid, signal.SIGKILL)
         server.stop()

@@ -1,6 +1,6 @@
 """Notebook 02 for real: sparkmagic's PySpark kernel, driven by papermill, against a Livy-protocol test server.
 
-Apache Livy cannot be installed here, so ``tests/livy_test_server.py`` plays it: one subprocess per Livy
+Apache Livy cannot be installed here, so ``tests/harness/livy_test_server.py`` plays it: one subprocess per Livy
 session with a real local ``SparkSession`` (the project venv's Python, ``local[2]``). papermill runs
 ``notebooks/02_emr_full_run.ipynb`` unchanged with ``-k pysparkkernel`` (installed by ``make test``: the
 ``sparkmagic`` extra + the kernelspec), exactly as on the EMR primary node, on data_sample/ with offline
@@ -31,7 +31,7 @@ nbformat = pytest.importorskip("nbformat")
 papermill = pytest.importorskip("papermill")
 sparkmagic = pytest.importorskip("sparkmagic", reason="the `sparkmagic` extra is not installed (make test does it)")
 
-from .livy_test_server import start  # noqa: E402
+from .harness.livy_test_server import start  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.livy]
 
@@ -56,12 +56,12 @@ def _parameters(nb_path: Path) -> dict:
     return papermill.inspect_notebook(str(nb_path))
 
 
-def _pick(params: dict, *names: str) -> str:
-    """The first of ``names`` that the notebook declares: a clear failure if 02's parameters are renamed."""
+def _pick(params: dict, *names: str, notebook: Path = NB02) -> str:
+    """The first of ``names`` that the notebook declares: a clear failure if its parameters are renamed."""
     for name in names:
         if name in params:
             return name
-    raise AssertionError(f"{NB02.name} declares none of {names}; its parameters: {list(params)}")
+    raise AssertionError(f"{notebook.name} declares none of {names}; its parameters: {list(params)}")
 
 
 def _cli_params(values: dict) -> list:
@@ -254,8 +254,10 @@ def runs(livy, token, python_kernel_env, nb02_params, tmp_path_factory):
     sample = ROOT / "data_sample"
     assert sample.is_dir(), "data_sample/ is missing: run `make sample`"
     p = nb02_params
-    params01 = {"input_path": str(sample), "output_path": base / "run01", "weights": "offline", "k": None,
-                "variance": VARIANCE, "master": "local[2]"}
+    declared01 = _parameters(NB01)
+    params01 = {_pick(declared01, "input", "input_path", notebook=NB01): str(sample),
+                _pick(declared01, "output", "output_path", notebook=NB01): base / "run01",
+                "weights": "offline", "k": None, "variance": VARIANCE, "master": "local[2]"}
     assert set(params01) <= set(_parameters(NB01)), f"01's parameters changed: {list(_parameters(NB01))}"
     params02 = {p["input"]: str(sample), p["output"]: base / "run02", p["weights"]: "offline", p["k"]: None,
                 p["variance"]: VARIANCE}
@@ -323,7 +325,7 @@ def test_02_saves_figures_and_shows_them_with_matplot(runs):
     errors = [o for o in _outputs(nb) if o.output_type == "error"]
     assert not errors, errors
     matplot = [c for c in nb.cells if c.cell_type == "code" and c.source.strip() == "%matplot plt"]
-    assert len(matplot) == 3
+    assert len(matplot) >= len(FIGURES), "every saved figure is also shown with %matplot plt"
     for cell in matplot:  # each %matplot plt cell shows the figure made in the Livy session
         images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
         assert len(images) == 1, cell.outputs
@@ -358,3 +360,16 @@ def test_no_session_or_file_left_behind(runs, livy):
     # cleanup_all_sessions_on_exit / shutdown_session_on_spark_statement_errors: sessions (and JVMs) are gone
     assert _wait_no_sessions(livy) == [], "sparkmagic left a Livy session behind"
     assert list(runs["home"].iterdir()) == [], "sparkmagic/Jupyter wrote under HOME"
+
+
+def test_the_runs_used_the_kits_headless_sparkmagic_config(runs):
+    """The config these runs used is the one bootstrap/run_notebook_on_master.sh writes on EMR (one generator:
+    bootstrap/sparkmagic_config.py), so what passes here is what runs there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("p8_sparkmagic_config", ROOT / "bootstrap" / "sparkmagic_config.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    for name in ("02", "02-fail"):
+        config = json.loads((runs["base"] / f"sm-{name}" / "sparkmagic" / "config.json").read_text())
+        assert {key: config.get(key) for key in generator.HEADLESS} == generator.HEADLESS

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run tests/sparkmagic/demo.ipynb headless on the sparkmagic PySpark kernel with papermill,
-# against tests/livy_test_server.py, and check the results. See tests/sparkmagic/NOTES.md.
+# against tests/harness/livy_test_server.py, and check the results. See tests/sparkmagic/NOTES.md.
 #
 # Usage: tests/sparkmagic/run_demo.sh [VENV] [--no-install]
 #   VENV          virtualenv to create/use for sparkmagic + papermill (default /tmp/livyvenv)
@@ -69,7 +69,7 @@ fi
 # ---- server --------------------------------------------------------------------------------------
 WORKER_PYTHON=${WORKER_PYTHON:-$PY}
 t=$(now)
-"$PY" "$ROOT/tests/livy_test_server.py" --host 127.0.0.1 --port 0 --python "$WORKER_PYTHON" \
+"$PY" "$ROOT/tests/harness/livy_test_server.py" --host 127.0.0.1 --port 0 --python "$WORKER_PYTHON" \
     --log-dir "$OUT_DIR/livy-logs" >"$OUT_DIR/server.url" 2>"$OUT_DIR/server.err" &
 SERVER_PID=$!
 cleanup() {
@@ -83,7 +83,9 @@ for _ in $(seq 1 100); do [ -s "$OUT_DIR/server.url" ] && break; sleep 0.05; don
 LIVY_URL=$(head -n 1 "$OUT_DIR/server.url")
 [ -n "$LIVY_URL" ] || { echo "server did not start:" >&2; cat "$OUT_DIR/server.err" >&2; exit 1; }
 echo "server: $LIVY_URL (up in $(since "$t") s)"
-sed "s|__LIVY_URL__|$LIVY_URL|" "$HERE/config.template.json" >"$SPARKMAGIC_CONF_DIR/config.json"
+# The config EMR's headless runs use (bootstrap/run_notebook_on_master.sh makes it the same way).
+"$PY" "$ROOT/bootstrap/sparkmagic_config.py" headless --base "$HERE/base_config.json" --livy-url "$LIVY_URL" \
+    --startup-timeout 180 --out "$SPARKMAGIC_CONF_DIR/config.json"
 
 # ---- step 3a: good run -------------------------------------------------------------------------
 t=$(now)

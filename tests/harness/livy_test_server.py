@@ -27,7 +27,7 @@ Usage
 -----
 From the command line (prints the URL on one line, serves until SIGTERM/SIGINT)::
 
-    python tests/livy_test_server.py --host 127.0.0.1 --port 0
+    python tests/harness/livy_test_server.py --host 127.0.0.1 --port 0
 
 From a pytest fixture::
 
@@ -766,6 +766,19 @@ def _worker_main(out_fd: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _sparkmagic_config_module() -> Any:
+    """The kit's sparkmagic config generator, ``bootstrap/sparkmagic_config.py``, loaded by path."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bootstrap", "sparkmagic_config.py")
+    spec = importlib.util.spec_from_file_location("p8_sparkmagic_config", os.path.normpath(path))
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _now_ms() -> int:
     """Milliseconds since the epoch (Livy's timestamps).
 
@@ -1419,19 +1432,21 @@ class LivyTestServer:
         atexit.register(self.stop)
         return self
 
-    def sparkmagic_env(self, directory: str, template: Optional[str] = None) -> Dict[str, str]:
+    def sparkmagic_env(self, directory: str, base: Optional[str] = None) -> Dict[str, str]:
         """Write a sparkmagic config for this server and return the environment to run papermill with.
 
-        Everything goes under ``directory`` (nothing under ``~``): ``sparkmagic/config.json``
-        (from ``tests/sparkmagic/config.template.json`` with ``__LIVY_URL__`` replaced) and the
+        Everything goes under ``directory`` (nothing under ``~``): ``sparkmagic/config.json`` and the
         sparkmagic logs, the Jupyter runtime, config and data dirs, the IPython dir and the matplotlib cache.
+        The config is made by the kit's own generator, ``bootstrap/sparkmagic_config.py`` (``headless``),
+        as ``run_notebook_on_master.sh`` makes it on EMR: the tests run with the settings EMR runs with.
 
         Parameters
         ----------
         directory : str
             Folder to write into (created if needed).
-        template : str, optional
-            Config template path; default ``config.template.json`` beside this file's ``sparkmagic/``.
+        base : str, optional
+            Base config the headless settings are laid over; default ``tests/sparkmagic/base_config.json``
+            (on EMR the base is JupyterHub's ``/etc/jupyter/conf/config.json``).
 
         Returns
         -------
@@ -1440,11 +1455,11 @@ class LivyTestServer:
             ``IPYTHONDIR`` and ``MPLCONFIGDIR``;
             merge into ``os.environ`` for the papermill subprocess.
         """
-        template = template or os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "sparkmagic", "config.template.json"
-        )
-        with open(template, encoding="utf-8") as handle:
-            config = handle.read().replace("__LIVY_URL__", self.url)
+        generator = _sparkmagic_config_module()
+        tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        base = base or os.path.join(tests_dir, "sparkmagic", "base_config.json")
+        with open(base, encoding="utf-8") as handle:
+            config = generator.headless_config(json.load(handle), livy_url=self.url, startup_timeout=180)
         env = {
             "SPARKMAGIC_CONF_DIR": os.path.join(directory, "sparkmagic"),
             "JUPYTER_RUNTIME_DIR": os.path.join(directory, "jupyter-runtime"),
@@ -1456,7 +1471,7 @@ class LivyTestServer:
         for path in env.values():
             os.makedirs(path, exist_ok=True)
         with open(os.path.join(env["SPARKMAGIC_CONF_DIR"], "config.json"), "w", encoding="utf-8") as handle:
-            handle.write(config)
+            json.dump(config, handle, indent=2, sort_keys=True)
         return env
 
     def __enter__(self) -> LivyTestServer:
