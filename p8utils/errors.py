@@ -6,7 +6,14 @@ reading a failed papermill run or an EMR step log knows what to change.
 
 from __future__ import annotations
 
-__all__ = ["P8UtilsError", "ParameterError", "WeightsUnavailableError", "OutputExistsError"]
+__all__ = [
+    "OutputBusyError",
+    "OutputExistsError",
+    "P8UtilsError",
+    "ParameterError",
+    "RunCheckError",
+    "WeightsUnavailableError",
+]
 
 
 class P8UtilsError(Exception):
@@ -23,3 +30,11 @@ class WeightsUnavailableError(P8UtilsError, RuntimeError):
 
 class OutputExistsError(ParameterError):
     """The output location already holds a run and the mode forbids replacing it."""
+
+
+class OutputBusyError(P8UtilsError):
+    """Another run holds the output folder's lease; nothing was written."""
+
+
+class RunCheckError(P8UtilsError, RuntimeError):
+    """A run's staged output broke an invariant (rows != listed files); the previous output is untouched."""

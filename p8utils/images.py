@@ -1,39 +1,57 @@
-"""Listing image files with Spark and decoding them robustly with Pillow.
+"""Listing image files once per run, reading them, and decoding them robustly with Pillow.
 
-Listing uses Spark's ``binaryFile`` source (glob filter on the file name,
-recursive lookup), so the same call reads a local folder or any Hadoop URI
-(``s3://`` on EMR). The label of an image is the name of its parent folder,
-kept exactly as it is on disk (spaces, unicode, ``%``, ``#``).
+:func:`list_images` fixes the set of files a run reports on: one row per
+listed file, whatever happens to the file afterwards. A local folder is
+listed with ``os.scandir`` (names Hadoop cannot represent, broken links and
+unreadable entries become rows with a reason); a Hadoop URI (``s3://`` on
+EMR) with Spark's file index. The label of an image is the name of its parent
+folder, kept exactly as it is on disk (spaces, unicode, ``%``, ``#``).
 
-Decoding never raises on bad data: :func:`decode_image` returns either a
-``uint8`` array or a short reason from :data:`ERROR_REASONS`.
+Nothing here raises on bad data: :func:`read_local_file` and
+:func:`decode_image` return either the bytes / a ``uint8`` array or a short
+reason from :data:`ERROR_REASONS`.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import io
-import re
+import os
+import stat
 import warnings
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from p8utils import storage
 from p8utils.errors import ParameterError
+from p8utils.validation import check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
+    "DEFAULT_IMAGES_PER_PARTITION",
     "DEFAULT_MAX_PIXELS",
     "ERROR_REASONS",
-    "extension_glob",
-    "normalise_extensions",
+    "LISTING_COLUMNS",
+    "READERS",
+    "TRANSIENT_REASONS",
+    "UNLISTED_REASONS",
+    "Listing",
     "check_input",
-    "load_images",
+    "decode_files",
     "decode_image",
+    "extension_glob",
+    "list_images",
+    "load_images",
+    "normalise_extensions",
+    "read_local_file",
+    "resolve_reader",
+    "task_count",
 ]
 
 #: File extensions that count as images by default (matched case-insensitively:
@@ -45,14 +63,42 @@ DEFAULT_EXTENSIONS: Tuple[str, ...] = ("jpg", "jpeg")
 #: 64 Mpx covers every real camera photo (a 4000×3000 photo is 12 Mpx).
 DEFAULT_MAX_PIXELS: int = 64_000_000
 
-#: The fixed vocabulary of the ``error`` column.
+#: Images per Spark task by default: large enough to amortise a task's fixed
+#: cost (measured, ``make bench``), small enough to spread over the cores.
+DEFAULT_IMAGES_PER_PARTITION: int = 256
+
+#: The fixed vocabulary of the ``error`` column (null when the image gave features).
+#: Listing and reading: ``missing``, ``unreadable``, ``bad_name``, ``empty``;
+#: decoding: the others.
 ERROR_REASONS: Tuple[str, ...] = (
+    "missing",  # listed, then gone before it was read (moved or deleted while the run ran)
+    "unreadable",  # cannot be opened or read: permission, broken symbolic link, not a regular file, I/O error
+    "bad_name",  # the name cannot be stored or addressed (not valid UTF-8); the path column holds it escaped
     "empty",  # zero-byte file
     "lfs_pointer",  # a Git LFS pointer instead of the image (run `git lfs pull`)
     "not_an_image",  # Pillow does not recognise the bytes as an image
     "too_large",  # declared size above max_pixels (decompression bomb guard)
     "truncated",  # image data ends early
     "decode_error",  # recognised but could not be decoded
+)
+
+#: Reasons that may go away by themselves: an incremental run reads such files again.
+TRANSIENT_REASONS: Tuple[str, ...] = ("missing", "unreadable")
+
+#: Ways to list and read the input: ``python`` lists a local folder with
+#: ``os.scandir`` and reads each file in the Python worker that decodes it;
+#: ``spark`` lists with Spark's file index and reads with its ``binaryFile``
+#: source (any Hadoop filesystem: ``s3://``, ``hdfs://``); ``auto`` is
+#: ``python`` for local inputs and ``spark`` otherwise.
+READERS: Tuple[str, ...] = ("auto", "python", "spark")
+
+#: Columns of a listing (:func:`list_images`): one row per listed file.
+LISTING_COLUMNS: Tuple[str, ...] = ("path", "label", "length", "modificationTime", "error")
+
+#: Folder-level listing problems reported in the manifest's ``unlisted`` entries.
+UNLISTED_REASONS: Tuple[str, ...] = (
+    "unreadable_folder",  # a folder that cannot be listed (permission, I/O error)
+    "symlink_loop",  # a symbolic link to a folder already listed (followed once only)
 )
 
 _LFS_MAGIC = b"version https://git-lfs"
@@ -142,88 +188,325 @@ def check_input(
     )
 
 
-def load_images(
+@dataclass(frozen=True)
+class Listing:
+    """The files a run reads, fixed at the start of the run.
+
+    Attributes
+    ----------
+    frame : pyspark.sql.DataFrame
+        One row per listed file, columns :data:`LISTING_COLUMNS`: ``path``
+        (string, Spark's form ``file:/…`` or the URI), ``label`` (string,
+        parent folder name), ``length`` (long, bytes; null when unknown),
+        ``modificationTime`` (timestamp, millisecond precision), ``error``
+        (string: a reason of :data:`ERROR_REASONS` found while listing, else
+        null). Materialised (parquet or checkpoint): every action sees the
+        same files.
+    n_files : int
+        Rows of ``frame``.
+    unlisted : list of dict
+        Folders that could not be listed: ``{"path": str, "reason": str}``,
+        reason in :data:`UNLISTED_REASONS`.
+    reader : str
+        ``"python"`` or ``"spark"``: how the files are read (see :data:`READERS`).
+    """
+
+    frame: DataFrame = field(repr=False)
+    n_files: int
+    unlisted: List[Dict[str, str]] = field(default_factory=list)
+    reader: str = "python"
+
+
+def resolve_reader(reader: str, path: str) -> str:
+    """Return the concrete reader (``"python"`` or ``"spark"``) for ``path``.
+
+    Raises
+    ------
+    ParameterError
+        Unknown reader, or ``"python"`` for a non-local URI.
+    """
+    check_choice("reader", reader, READERS)
+    if reader == "auto":
+        return "python" if storage.is_local(path) else "spark"
+    if reader == "python" and not storage.is_local(path):
+        raise ParameterError(
+            f"reader='python' reads local files only, input={path!r} is a URI. Fix: reader='auto' or 'spark'."
+        )
+    return reader
+
+
+def list_images(
     spark: SparkSession,
-    path: Optional[str] = None,
+    path: str,
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
     *,
-    files: Optional[Sequence[str]] = None,
-    images_per_partition: int = 256,
-) -> DataFrame:
-    """List and read the images below ``path`` with Spark's ``binaryFile`` source.
+    dest: Optional[str] = None,
+    reader: str = "auto",
+) -> Listing:
+    """List the images below ``path`` once, recursively, and fix the list for the run.
 
     Parameters
     ----------
-    spark : SparkSession
-    path : str, optional
-        Local folder or Hadoop URI (``s3://bucket/prefix/``), searched recursively.
+    spark : pyspark.sql.SparkSession
+    path : str
+        Local folder or Hadoop URI (``s3://bucket/prefix/``).
     extensions : sequence of str
         File extensions that count as images, case-insensitive.
-    files : sequence of str, optional
-        Instead of ``path``: exactly these files, as Spark prints them in the
-        ``path`` column (e.g. from an earlier listing). Glob characters in
-        their names are escaped, so ``a[1].jpg`` is read literally.
-    images_per_partition : int
-        Target images per Spark task (partitions are merged, never split, and
-        never fewer than the default parallelism).
+    dest : str, optional
+        Where to write the listing (parquet, e.g. the run's staging folder).
+        Default: held in Spark (a local checkpoint).
+    reader : str
+        One of :data:`READERS`.
+
+    Returns
+    -------
+    Listing
 
     Raises
     ------
     ParameterError
         ``path`` is missing or holds no image (checked before any Spark job).
 
+    Notes
+    -----
+    Names starting with ``_`` or ``.`` are skipped, files and folders alike
+    (Spark's convention for metadata such as ``_SUCCESS``). With the
+    ``python`` reader a local folder is listed with ``os.scandir``, streamed
+    to ``dest`` in chunks (the driver never holds the whole list), so names
+    that Hadoop's local filesystem cannot represent (``e:f.jpg``), broken
+    links and unreadable entries are listed too; folder symbolic links are
+    followed once. With the ``spark`` reader the listing is Spark's file index
+    (kept in the JVM), which also holds zero-byte files that its reader skips.
+    """
+    check_input(path, extensions, spark)
+    exts = normalise_extensions(extensions)
+    how = resolve_reader(reader, path)
+    if how == "python":
+        return _python_listing(spark, storage.local_path(path), exts, dest)
+    return _spark_listing(spark, path, exts, dest)
+
+
+_LISTING_SCHEMA = "path string, label string, length long, modificationTime timestamp, error string"
+_CHUNK = 10_000  # listing rows held in memory at a time
+
+
+def _python_listing(spark: SparkSession, root: Path, exts: Tuple[str, ...], dest: Optional[str]) -> Listing:
+    """List a local folder with ``os.scandir``; write the rows in chunks to ``dest``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("path", pa.string()), ("label", pa.string()), ("length", pa.int64()),
+                        ("modificationTime", pa.timestamp("ms", tz="UTC")), ("error", pa.string())])
+    unlisted: List[Dict[str, str]] = []
+    n = 0
+    if dest is None:
+        rows: List[tuple] = []
+        for row in _scan(root, exts, unlisted):
+            rows.append(row)
+        frame = spark.createDataFrame(
+            [(p, lb, ln, None if ms is None else _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc), e)
+             for p, lb, ln, ms, e in rows], _LISTING_SCHEMA)
+        return Listing(frame.localCheckpoint(eager=True), len(rows), unlisted, "python")
+    target = storage.local_path(dest)
+    target.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(str(target / "part-00000.parquet"), schema) as writer:
+        chunk: List[tuple] = []
+        for row in _scan(root, exts, unlisted):
+            chunk.append(row)
+            n += 1
+            if len(chunk) == _CHUNK:
+                writer.write_table(pa.Table.from_pylist([dict(zip(LISTING_COLUMNS, r)) for r in chunk], schema))
+                chunk.clear()
+        if chunk:
+            writer.write_table(pa.Table.from_pylist([dict(zip(LISTING_COLUMNS, r)) for r in chunk], schema))
+    return Listing(spark.read.parquet(str(target)), n, unlisted, "python")
+
+
+def _scan(root: Path, exts: Tuple[str, ...], unlisted: List[Dict[str, str]]) -> Iterator[tuple]:
+    """Yield ``(path, label, length, mtime_ms, error)`` for every image file below ``root``, sorted by name.
+
+    Folder problems are appended to ``unlisted``.
+    """
+    seen = {os.path.realpath(root)}
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            unlisted.append({"path": _spark_local(folder)[0], "reason": "unreadable_folder", "detail": str(exc)})
+            continue
+        subfolders = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith((".", "_")):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symbolic links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if real in seen:
+                    unlisted.append({"path": _spark_local(entry.path)[0], "reason": "symlink_loop",
+                                     "detail": f"links to {real}, listed already"})
+                    continue
+                seen.add(real)
+                subfolders.append(entry.path)
+                continue
+            if _has_extension(name, exts):
+                yield _file_row(entry.path)
+        stack.extend(reversed(subfolders))
+
+
+def _spark_local(path: str) -> Tuple[str, bool]:
+    """Spark's ``path`` form of a local path (``file:/…``) and whether the name is valid UTF-8."""
+    text = "file:" + os.path.abspath(path)
+    try:
+        text.encode("utf-8")
+        return text, True
+    except UnicodeEncodeError:  # undecodable bytes in the name (surrogate escapes)
+        return os.fsencode(text).decode("utf-8", "backslashreplace"), False
+
+
+def _file_row(path: str) -> tuple:
+    """One listing row for the file at ``path`` (never raises)."""
+    spark_path, ok = _spark_local(path)
+    label = spark_path.rsplit("/", 2)[-2]
+    if not ok:
+        return spark_path, label, None, None, "bad_name"
+    try:
+        st = os.stat(path)  # follows a symbolic link: a broken one raises
+    except OSError:
+        return spark_path, label, None, None, "unreadable"
+    if not stat.S_ISREG(st.st_mode):  # FIFO, socket, device: never opened
+        return spark_path, label, None, None, "unreadable"
+    return spark_path, label, int(st.st_size), st.st_mtime_ns // 1_000_000, "empty" if st.st_size == 0 else None
+
+
+def _spark_listing(spark: SparkSession, path: str, exts: Tuple[str, ...], dest: Optional[str]) -> Listing:
+    """Spark's file index of ``path`` (JVM-side, no per-file Python object) as a listing."""
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql import functions as F
+
+    jvm = spark.sparkContext._jvm
+    files = _binary_reader(spark, exts).load(storage.spark_path(path))
+    uris = spark._jsparkSession.createDataset(
+        jvm.scala.Predef.genericWrapArray(files._jdf.inputFiles()), jvm.org.apache.spark.sql.Encoders.STRING())
+    index = SparkDataFrame(uris.toDF(), spark).withColumnRenamed("value", "uri")
+    # inputFiles() percent-encodes (file:///a/b%20c.jpg); the path column is Hadoop's Path.toString (file:/a/b c.jpg)
+    decoded = F.expr("reflect('java.net.URLDecoder', 'decode', replace(uri, '+', '%2B'), 'UTF-8')")
+    index = index.select(F.regexp_replace(decoded, "^file:///", "file:/").alias("path"))
+    meta = files.select("path", "length", "modificationTime")
+    listed = index.join(meta, "path", "left")
+    # Spark's reader makes no row for zero-byte files (nor for files gone since the index was made):
+    # ask the filesystem about those few, on the driver
+    odd = [r["path"] for r in listed.where(F.col("length").isNull()).select("path").limit(_MAX_STATUS).collect()]
+    statuses = spark.createDataFrame([_hadoop_status(spark, p) for p in odd], _LISTING_SCHEMA)
+    frame = listed.where(F.col("length").isNotNull()).select(
+        "path",
+        F.regexp_extract("path", r"([^/]*)/[^/]*$", 1).alias("label"),
+        "length",
+        "modificationTime",
+        F.lit(None).cast("string").alias("error"),
+    ).unionByName(statuses.select(
+        "path", F.regexp_extract("path", r"([^/]*)/[^/]*$", 1).alias("label"), "length", "modificationTime", "error"))
+    rest = listed.where(F.col("length").isNull()).join(statuses.select("path"), "path", "left_anti")
+    frame = frame.unionByName(rest.select(  # beyond _MAX_STATUS odd files: not asked, reported missing
+        "path", F.regexp_extract("path", r"([^/]*)/[^/]*$", 1).alias("label"), "length", "modificationTime",
+        F.lit("missing").alias("error")))
+    if dest is None:
+        frame = frame.localCheckpoint(eager=True)
+    else:
+        frame.write.parquet(storage.spark_path(dest))
+        frame = spark.read.parquet(storage.spark_path(dest))
+    return Listing(frame, frame.count(), [], "spark")
+
+
+_MAX_STATUS = 10_000  # odd files of a Spark listing whose status is asked one by one on the driver
+
+
+def _hadoop_status(spark: SparkSession, path: str) -> tuple:
+    """``(path, label, length, modificationTime, error)`` of one file, from its Hadoop FileSystem status."""
+    label = path.rsplit("/", 2)[-2] if path.count("/") >= 2 else ""
+    try:
+        jvm = spark.sparkContext._jvm
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        st = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).getFileStatus(hpath)
+    except Exception as exc:  # noqa: BLE001 - py4j wraps FileNotFoundException / AccessControlException
+        return path, label, None, None, "missing" if "FileNotFound" in str(exc) else "unreadable"
+    length = int(st.getLen())
+    mtime = _dt.datetime.fromtimestamp(int(st.getModificationTime()) / 1000, _dt.timezone.utc)
+    return path, label, length, mtime, "empty" if length == 0 else "unreadable"
+
+
+def _binary_reader(spark: SparkSession, exts: Tuple[str, ...]):  # noqa: ANN202 - a DataFrameReader
+    """Spark's ``binaryFile`` reader: recursive, case-insensitive extensions, vanished files skipped."""
+    return (
+        spark.read.format("binaryFile")
+        .option("pathGlobFilter", extension_glob(exts))
+        .option("recursiveFileLookup", "true")
+        # a file that vanishes or breaks after listing is skipped, not a failed job: the run then
+        # gives it a row with error "missing"/"unreadable" (see p8utils.pipeline)
+        .option("ignoreMissingFiles", "true")
+        .option("ignoreCorruptFiles", "true")
+    )
+
+
+def task_count(n_files: int, images_per_partition: int, parallelism: int) -> int:
+    """Choose the number of Spark tasks for ``n_files`` images: about ``images_per_partition`` each.
+
+    Never fewer than ``parallelism`` (every core busy), and a multiple of it,
+    so that the last wave of tasks keeps every core busy too.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    parallelism = max(1, int(parallelism))
+    wanted = max(1, -(-int(n_files) // max(1, int(images_per_partition))))
+    return parallelism * -(-wanted // parallelism)
+
+
+def load_images(
+    spark: SparkSession,
+    path: str,
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+) -> DataFrame:
+    """Read the images below ``path`` lazily with Spark's ``binaryFile`` source.
+
+    For a quick look (a notebook's image grid) or for the ``spark`` reader;
+    a run lists its input once with :func:`list_images` instead, so that the
+    files it reports are exactly the files it listed.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+    path : str
+        Local folder or Hadoop URI, searched recursively.
+    extensions : sequence of str
+        File extensions that count as images, case-insensitive.
+
     Returns
     -------
     pyspark.sql.DataFrame
-        Columns ``path`` (string, Spark's URI of the file), ``label`` (string,
-        parent folder name), ``content`` (binary), ``modificationTime``
-        (timestamp), ``length`` (long, bytes). One row per file, lazily read.
+        Columns ``path`` (string), ``label`` (string, parent folder name),
+        ``content`` (binary), ``modificationTime`` (timestamp), ``length``
+        (long). Zero-byte files and files that vanish before they are read
+        have no row.
 
-    Notes
-    -----
-    Zero-byte files, which Spark's reader drops, are added back with empty
-    ``content`` so that every listed file gives exactly one row. Spark's file
-    index skips names starting with ``_`` or ``.`` (``_SUCCESS``-style
-    metadata); such images are not read.
+    Raises
+    ------
+    ParameterError
+        ``path`` is missing or holds no image (checked before any Spark job).
     """
     from pyspark.sql import functions as F
 
-    if (path is None) == (files is None):
-        raise ParameterError("load_images needs exactly one of path= and files=.")
-    reader = (
-        spark.read.format("binaryFile")
-        .option("pathGlobFilter", extension_glob(extensions))
-        .option("recursiveFileLookup", "true")
-    )
-    if files is not None:
-        if not files:
-            return spark.createDataFrame([], _IMAGES_SCHEMA)
-        raw = reader.load([_escape_glob(f) for f in files])
-    else:
-        check_input(path, extensions, spark)  # a clear ParameterError, not Spark's PATH_NOT_FOUND
-        raw = reader.load(str(storage.local_path(path)) if storage.is_local(path) else path)
-    raw = raw.select("path", "content", "modificationTime", "length")
-    # Spark makes no split for a zero-byte file, so it would vanish from the
-    # read. The file index (a driver-side listing, no job) still has it: add
-    # the files the read misses as rows with empty content (-> error "empty").
-    listed = [_index_uri_to_path(u) for u in raw.inputFiles()]
-    listing = spark.createDataFrame([(p,) for p in listed], "path string")
-    empties = listing.join(raw.select("path"), "path", "left_anti").select(
-        "path",
-        F.lit(bytearray()).alias("content"),
-        F.lit(None).cast("timestamp").alias("modificationTime"),
-        F.lit(0).cast("long").alias("length"),
-    )
-    images = raw.unionByName(empties)
-    # Spark packs ~32 small files per partition (4 MB "open cost" each): tasks of
-    # a few dozen images whose fixed cost rivals the work. Merge them (narrow
-    # coalesce, no shuffle of bytes) to ~images_per_partition, never below the
-    # number of cores.
-    parallelism = spark.sparkContext.defaultParallelism
-    wanted = max(parallelism, -(-len(listed) // max(1, images_per_partition)))
-    if wanted < images.rdd.getNumPartitions():
-        images = images.coalesce(wanted)
-    return images.select(
+    check_input(path, extensions, spark)  # a clear ParameterError, not Spark's PATH_NOT_FOUND
+    raw = _binary_reader(spark, normalise_extensions(extensions)).load(storage.spark_path(path))
+    return raw.select(
         "path",
         F.regexp_extract("path", r"([^/]*)/[^/]*$", 1).alias("label"),
         "content",
@@ -232,27 +515,63 @@ def load_images(
     )
 
 
-_IMAGES_SCHEMA = "path string, label string, content binary, modificationTime timestamp, length long"
+def decode_files(
+    paths: Sequence[str],
+    size: Tuple[int, int],
+    spark: Optional[SparkSession] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read and decode a few files on the driver (e.g. calibration images); bad ones are left out.
 
-_GLOB_CHARS = re.compile(r"([\\*?\[\]{}])")
+    Parameters
+    ----------
+    paths : sequence of str
+        Local paths (``file:`` form accepted) or URIs (need ``spark``).
+    size : (int, int)
+        ``(width, height)`` to resize to.
+    spark : pyspark.sql.SparkSession, optional
+        Needed for non-local URIs.
+    max_pixels : int
+        As for :func:`decode_image`.
 
-
-def _escape_glob(path: str) -> str:
-    """Escape Hadoop glob characters so ``path`` matches only itself."""
-    return _GLOB_CHARS.sub(r"\\\1", path)
-
-
-def _index_uri_to_path(uri: str) -> str:
-    """Turn a file-index URI (percent-encoded) into Spark's ``path`` column form.
-
-    ``file:///a/b%20c/x.jpg`` → ``file:/a/b c/x.jpg``;
-    ``s3://bucket/a%20b/x.jpg`` → ``s3://bucket/a b/x.jpg`` (Hadoop ``Path.toString``).
+    Returns
+    -------
+    numpy.ndarray
+        ``(m, height, width, 3)`` uint8, ``m <= len(paths)``: the files that decoded, in order.
     """
-    parts = urlsplit(uri)
-    path = unquote(parts.path)
-    if parts.scheme == "file":
-        return "file:" + path
-    return f"{parts.scheme}://{parts.netloc}{path}"
+    out = []
+    for path in paths:
+        try:
+            data = storage.read_bytes(path, spark)
+        except Exception:  # noqa: BLE001 - gone or unreadable: not a calibration image
+            continue
+        arr, _ = decode_image(data, size, max_pixels)
+        if arr is not None:
+            out.append(arr)
+    return np.stack(out) if out else np.empty((0, size[1], size[0], 3), np.uint8)
+
+
+def read_local_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
+    """Read a listed local file; never raises.
+
+    Parameters
+    ----------
+    path : str
+        Spark's form of a local path (``file:/…``) or a plain path.
+
+    Returns
+    -------
+    (bytes or None, str or None)
+        ``(content, None)``, or ``(None, "missing")`` when the file is gone,
+        ``(None, "unreadable")`` when it cannot be opened or read.
+    """
+    try:
+        with open(storage.local_path(path), "rb") as fh:
+            return fh.read(), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError):  # permission, is a directory, I/O error, NUL in the name
+        return None, "unreadable"
 
 
 def decode_image(

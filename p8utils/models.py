@@ -14,10 +14,13 @@ a path or URI
     A weights file (``.h5`` as Keras distributes them, include-top or no-top,
     or a ``.weights.h5`` saved by Keras 3), local or on any Hadoop filesystem.
 ``"offline"``
-    Seeded random weights whose BatchNorm statistics are recalibrated on the
-    project's synthetic fruit images, so features are O(1) (an untrained
-    network gives ~1e-12). Deterministic for a given seed. For tests and demos
-    without network: these are *not* ImageNet features.
+    Seeded random weights whose BatchNorm statistics are recalibrated on 16
+    synthetic fruit images shipped with the package
+    (``p8utils/data/calibration/*.png``, written once by
+    ``scripts/make_sample.py --calibration``), so features are O(1) (an
+    untrained network gives ~1e-12). Deterministic for a given seed; every seed
+    uses the same 16 images, the seed only draws the kernels. For tests and
+    demos without network: these are *not* ImageNet features.
 ``"auto"``
     ImageNet when obtainable, else ``"offline"`` with a loud warning (the demo's
     mode; real runs default to ``"imagenet"``).
@@ -29,10 +32,12 @@ build the architecture with ``weights=None`` (see :mod:`p8utils.featurize`).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from importlib import resources
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -45,6 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
 __all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "IMAGE_SIZES",
     "ModelSpec",
     "WeightsBundle",
     "MODELS",
@@ -80,6 +87,14 @@ def _preprocess_caffe(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.nda
     return out
 
 
+#: Square input sizes (pixels) a model can run at: Keras publishes ImageNet MobileNetV2 weights for each
+#: (``RunConfig.image_size``, ``--image-size``). Fruits-360 photos are 100×100, so 96/128 avoid most upsampling.
+IMAGE_SIZES: Tuple[int, ...] = (96, 128, 160, 192, 224)
+
+#: Input size when none is given: 224, comparable with earlier runs.
+DEFAULT_IMAGE_SIZE = 224
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the pipeline needs to know about one feature extractor.
@@ -98,8 +113,11 @@ class ModelSpec:
         ``preprocess(x, out=None)``: ``uint8``/``float`` array ``(n, h, w, 3)``
         RGB → ``float32`` model input (written into ``out`` when given, one
         pass, no temporaries), same as ``keras.applications.<module>.preprocess_input``.
-    imagenet_file : str
-        File name Keras caches the include-top ImageNet weights under.
+    imagenet_pattern : str
+        File name Keras caches the include-top ImageNet weights under, with
+        ``{size}`` for the input size (see :attr:`imagenet_file`).
+    sizes : tuple of int
+        Input sizes this model runs at (ImageNet weights exist for each).
     """
 
     name: str
@@ -107,7 +125,33 @@ class ModelSpec:
     input_size: Tuple[int, int]
     application: str
     preprocess: Callable[..., np.ndarray] = field(repr=False)
-    imagenet_file: str = ""
+    imagenet_pattern: str = ""
+    sizes: Tuple[int, ...] = (DEFAULT_IMAGE_SIZE,)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input, pixels."""
+        return int(self.input_size[0])
+
+    @property
+    def imagenet_file(self) -> str:
+        """File name of the include-top ImageNet weights at this input size (in Keras' cache)."""
+        return self.imagenet_pattern.format(size=self.image_size)
+
+    def at_size(self, image_size: int) -> ModelSpec:
+        """Return this spec at input size ``image_size`` × ``image_size``.
+
+        Raises
+        ------
+        ParameterError
+            ``image_size`` is not one of :attr:`sizes`.
+        """
+        if isinstance(image_size, bool) or image_size not in self.sizes:
+            raise ParameterError(
+                f"image_size={image_size!r} is not available for model={self.name!r}. "
+                f"Fix: use one of {list(self.sizes)}."
+            )
+        return replace(self, input_size=(int(image_size), int(image_size)))
 
 
 MODELS: Dict[str, ModelSpec] = {
@@ -117,7 +161,8 @@ MODELS: Dict[str, ModelSpec] = {
         (224, 224),
         "MobileNetV2",
         _preprocess_tf,
-        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}.h5",
+        IMAGE_SIZES,
     ),
     "resnet50": ModelSpec(
         "resnet50",
@@ -126,6 +171,7 @@ MODELS: Dict[str, ModelSpec] = {
         "ResNet50",
         _preprocess_caffe,
         "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+        (DEFAULT_IMAGE_SIZE,),
     ),
 }
 
@@ -160,20 +206,30 @@ class WeightsBundle:
     warning: Optional[str] = None
 
 
-def get_spec(model: str) -> ModelSpec:
-    """Return the :class:`ModelSpec` registered under ``model``.
+def get_spec(model: str, image_size: int = DEFAULT_IMAGE_SIZE) -> ModelSpec:
+    """Return the :class:`ModelSpec` registered under ``model``, at input size ``image_size``.
+
+    Parameters
+    ----------
+    model : str
+        Registry key (:data:`MODELS`).
+    image_size : int
+        Side of the square input, one of the model's :attr:`ModelSpec.sizes`
+        (MobileNetV2: :data:`IMAGE_SIZES`; ResNet50: 224 only).
 
     Raises
     ------
     ParameterError
-        Unknown model name (the message lists the known ones).
+        Unknown model name (the message lists the known ones), or a size the
+        model does not run at.
     """
     try:
-        return MODELS[model]
+        spec = MODELS[model]
     except (KeyError, TypeError):
         raise ParameterError(
             f"model={model!r} is not supported. Fix: use one of {sorted(MODELS)}."
         ) from None
+    return spec.at_size(image_size)
 
 
 def keras_cache_dir() -> str:
@@ -199,6 +255,12 @@ def _application(spec: ModelSpec):  # noqa: ANN202 - a keras.applications constr
     return getattr(keras.applications, spec.application)
 
 
+def _input_shape(spec: ModelSpec) -> Tuple[int, int, int]:
+    """Keras ``input_shape`` of ``spec``: ``(height, width, 3)``."""
+    w, h = spec.input_size
+    return (int(h), int(w), 3)
+
+
 def _truncate(base: keras.Model) -> keras.Model:
     """Cut an include-top application before its classifier (``layers[-2]``)."""
     import keras
@@ -220,7 +282,7 @@ def build_model(spec: ModelSpec, arrays: Optional[List[np.ndarray]] = None) -> k
     keras.Model
         Input ``(None, h, w, 3)`` float32, output ``(None, spec.width)`` float32.
     """
-    model = _truncate(_application(spec)(weights=None, include_top=True))
+    model = _truncate(_application(spec)(weights=None, include_top=True, input_shape=_input_shape(spec)))
     if arrays is not None:
         model.set_weights(arrays)
     return model
@@ -231,6 +293,7 @@ def load_weights(
     weights: str = "imagenet",
     seed: int = 0,
     spark: Optional[SparkSession] = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> WeightsBundle:
     """Resolve the weights of a feature extractor on the driver.
 
@@ -244,19 +307,26 @@ def load_weights(
         Seed of ``"offline"`` weights.
     spark : SparkSession, optional
         Needed to read a weights file from a Hadoop URI (``s3://``).
+    image_size : int
+        Side of the square input (:data:`IMAGE_SIZES` for MobileNetV2, 224
+        for ResNet50). ``"imagenet"`` loads Keras' file for that size
+        (:attr:`ModelSpec.imagenet_file`); ``"offline"`` builds the network at
+        that size and recalibrates its BatchNorm statistics at it; a file's
+        weights are size-independent.
 
     Returns
     -------
     WeightsBundle
+        ``bundle.spec.input_size == (image_size, image_size)``.
 
     Raises
     ------
     ParameterError
-        Unknown model, or a weights file that does not exist.
+        Unknown model, a size the model does not run at, or a weights file that does not exist.
     WeightsUnavailableError
         ImageNet weights neither cached nor downloadable, or an unreadable file.
     """
-    spec = get_spec(model)
+    spec = get_spec(model, image_size)
     if not isinstance(weights, str) or not weights:
         raise ParameterError(
             f"weights={weights!r} is not valid. Fix: pass one of {list(WEIGHT_MODES)} or a weights file path."
@@ -283,7 +353,7 @@ def load_weights(
 def _imagenet(spec: ModelSpec) -> WeightsBundle:
     """Load ImageNet weights through Keras (cache, else download)."""
     try:
-        base = _application(spec)(weights="imagenet", include_top=True)
+        base = _application(spec)(weights="imagenet", include_top=True, input_shape=_input_shape(spec))
     except Exception as exc:  # noqa: BLE001 - Keras raises plain Exception on URL failure
         cached = os.path.join(keras_cache_dir(), spec.imagenet_file)
         raise WeightsUnavailableError(
@@ -313,7 +383,7 @@ def _from_file(spec: ModelSpec, uri: str, spark: Optional[SparkSession]) -> Weig
         local = os.path.join(tmp, "weights" + suffix)
         with open(local, "wb") as fh:
             fh.write(storage.read_bytes(uri, spark))
-        base = _application(spec)(weights=None, include_top=True)
+        base = _application(spec)(weights=None, include_top=True, input_shape=_input_shape(spec))
         errors = []
         # A .weights.h5 is saved from p8utils' truncated model; a Keras .h5 is include-top.
         truncated = _truncate(base)
@@ -334,17 +404,46 @@ def _from_file(spec: ModelSpec, uri: str, spark: Optional[SparkSession]) -> Weig
     return WeightsBundle(spec, uri, arrays, weights_digest(arrays))
 
 
-def _offline(spec: ModelSpec, seed: int, n_calibration: int = 16) -> WeightsBundle:
-    """Seeded He-normal weights with BatchNorm statistics recalibrated on sample images.
+def _calibration_images() -> list:
+    """Return the calibration images shipped as package data (PIL, RGB, 100x100), in file-name order.
 
-    Kernels are drawn with NumPy (independent of the TensorFlow version), every
-    BatchNormalization layer gets momentum 0 and one training-mode pass over
-    ``n_calibration`` synthetic fruit images sets its moving statistics to
+    Raises
+    ------
+    WeightsUnavailableError
+        The package data is missing (a broken installation).
+    """
+    from PIL import Image
+
+    folder = resources.files("p8utils") / "data" / "calibration"
+    try:
+        entries = sorted((e for e in folder.iterdir() if e.name.endswith(".png")), key=lambda e: e.name)
+    except OSError:
+        entries = []
+    if not entries:
+        raise WeightsUnavailableError(
+            "weights='offline': the calibration images p8utils/data/calibration/*.png are missing from the "
+            "installed package. Fix: reinstall p8utils; in a checkout, run python scripts/make_sample.py --calibration."
+        )
+    return [Image.open(io.BytesIO(e.read_bytes())).convert("RGB") for e in entries]
+
+
+def _offline(spec: ModelSpec, seed: int) -> WeightsBundle:
+    """Seeded He-normal weights with BatchNorm statistics recalibrated on the shipped images.
+
+    Kernels are drawn with NumPy from ``seed`` (independent of the TensorFlow
+    version), every BatchNormalization layer gets momentum 0 and one
+    training-mode pass over the 16 calibration images shipped as package data
+    (``p8utils/data/calibration/*.png``: synthetic fruit, lossless, written once
+    by ``scripts/make_sample.py --calibration`` from the renderer's
+    ``calibration_images(16, seed=12345)``) sets their moving statistics to
     those of the data, which makes the penultimate features O(1).
+
+    Every seed uses the same 16 images: the seed changes the random kernels
+    only. (Until the images became package data, seed ``s`` drew its own set
+    with seed ``12345 + s``; seed 0's weights are bitwise unchanged, other
+    seeds' weights differ from those of that time.)
     """
     import keras
-
-    from p8utils import sample
 
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ParameterError(f"seed={seed!r} must be an integer. Fix: pass e.g. seed=0.")
@@ -365,7 +464,7 @@ def _offline(spec: ModelSpec, seed: int, n_calibration: int = 16) -> WeightsBund
 
     from PIL import Image
 
-    images = sample.calibration_images(n_calibration, seed=12345 + int(seed))
+    images = _calibration_images()
     batch = np.stack(
         [np.asarray(im.convert("RGB").resize(spec.input_size, Image.BICUBIC), dtype=np.uint8) for im in images]
     )

@@ -1,57 +1,55 @@
-"""End-to-end run: images → features → PCA, with output layout and manifest.
+"""The pipeline: list → featurize (full or incremental) → write → check → PCA → commit.
 
-Output layout of a run::
+:func:`run` strings the steps together; each step is a function of
+:mod:`p8utils.images`, :mod:`p8utils.featurize`, :mod:`p8utils.pca` or of
+the run protocol (:mod:`p8utils.runs`: lease, staging, row check, commit,
+manifest). Every parameter is declared once, in :class:`p8utils.config.RunConfig`,
+and checked before the first Spark job.
 
-    <output>/features/      parquet: path, label, features (array<float>), error
-    <output>/pca/           parquet: path, label, pca_features (array<double>[k])
-    <output>/manifest.json  written last: its presence marks a complete run
-
-Every parameter is checked before the first Spark job; a bad one raises
-:class:`~p8utils.errors.ParameterError` naming the fix.
+Examples
+--------
+>>> from p8utils import pipeline
+>>> from p8utils.config import RunConfig
+>>> result = pipeline.run(RunConfig(input="data_sample", output="runs/demo", weights="offline"))  # doctest: +SKIP
+>>> result.manifest["counts"]["total"], result.pca.k                                            # doctest: +SKIP
+(80, 56)
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
-import platform
-import sys
 import time
-import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterator, Optional, Tuple, Union
 
-from p8utils import __version__, storage
-from p8utils.errors import OutputExistsError, ParameterError
-from p8utils.featurize import DEFAULT_ENGINE, check_featurize_params, featurize
-from p8utils.images import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS, check_input, load_images, normalise_extensions
-from p8utils.models import get_spec, load_weights
-from p8utils.pca import PCAResult, check_pca_params, fit_pca, transform
+import numpy as np
+
+from p8utils import engines, images, runs, storage
+from p8utils import pca as pca_mod
+from p8utils.config import RunConfig
+from p8utils.errors import ParameterError
+from p8utils.featurize import featurize
+from p8utils.models import WeightsBundle, load_weights
+from p8utils.pca import PCAResult, fit_pca, transform
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pyspark import Accumulator
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["MODES", "RunResult", "run", "read_manifest", "validate_params"]
+__all__ = ["FEATURE_COLUMNS", "INCREMENTAL_KEY", "MODEL_PARAMETERS", "RunResult", "max_feature_files", "project", "run"]
 
 log = logging.getLogger(__name__)
 
-#: What to do when the output folder already holds something: refuse, replace
-#: it, or featurize only the files that are new or changed since that run.
-MODES = ("error", "overwrite", "incremental")
-
-#: Variance target used when neither ``k`` nor ``variance`` is given.
-DEFAULT_VARIANCE = 0.95
-
-_MANIFEST = "manifest.json"
-_STAGING = "_staging"  # a run writes here first, then commits (see _commit)
-_TRASH = "_trash"
-
 #: Columns of ``<output>/features``. ``length`` and ``modificationTime`` are
 #: the file's, kept as the incremental-mode key with ``path``.
-_FEATURE_COLUMNS = ("path", "label", "features", "error", "length", "modificationTime")
-_KEY = ("path", "length", "modificationTime")
+FEATURE_COLUMNS: Tuple[str, ...] = ("path", "label", "features", "error", "length", "modificationTime")
+
+#: The run parameters that make its features what they are: :func:`project` takes them from the run.
+MODEL_PARAMETERS: Tuple[str, ...] = ("model", "weights", "seed", "engine", "image_size")
+
+#: What tells an unchanged file in ``mode="incremental"`` (no content is read to decide).
+INCREMENTAL_KEY: Tuple[str, ...] = ("path", "length", "modificationTime")
 
 
 @dataclass
@@ -78,253 +76,252 @@ class RunResult:
     pca: PCAResult = field(repr=False)
 
 
-def validate_params(
-    input: str,
-    output: str,
-    *,
-    model: str = "mobilenet_v2",
-    weights: str = "imagenet",
-    k: Optional[int] = None,
-    variance: Optional[float] = None,
-    batch_size: int = 64,
-    engine: str = DEFAULT_ENGINE,
-    mode: str = "error",
-    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-    spark: Optional[SparkSession] = None,
-) -> None:
-    """Check every parameter of :func:`run`; no Spark job is started.
-
-    Local paths are checked without Spark; Hadoop URIs need ``spark``.
-
-    Raises
-    ------
-    ParameterError
-        The message names the parameter, the bad value and the fix.
-    """
-    spec = get_spec(model)
-    if k is None and variance is None:
-        variance = DEFAULT_VARIANCE
-    check_pca_params(k, variance, spec.width)
-    check_featurize_params(batch_size, engine, None)
-    normalise_extensions(extensions)
-    if mode not in MODES:
-        raise ParameterError(f"mode={mode!r} is not valid. Fix: use one of {list(MODES)}.")
-    if not output:
-        raise ParameterError("output is empty. Fix: pass the folder (or s3:// prefix) to write the run to.")
-    if not isinstance(weights, str) or not weights:
-        raise ParameterError(f"weights={weights!r} is not valid. Fix: 'imagenet', 'offline', 'auto' or a file path.")
-    local_ok = storage.is_local(input) and storage.is_local(output)
-    if spark is None and not local_ok:
-        return  # remote URIs are checked once the session exists
-    check_input(input, extensions, spark)
-    if storage.is_local(input) and storage.is_local(output):
-        inp, out = storage.local_path(input), storage.local_path(output)
-        if out == inp or inp in out.parents:
-            raise ParameterError(
-                f"output={output!r} is inside input={input!r}: outputs would be read as input next time. "
-                "Fix: write the run somewhere else, e.g. runs/<name>."
-            )
-    if mode == "error" and _has_content(output, spark):
-        raise OutputExistsError(
-            f"output={output!r} already exists and is not empty (mode='error', the safe default). "
-            "Fix: pass a new output folder, mode='overwrite' (--mode overwrite) to replace it, or "
-            "mode='incremental' to featurize only new or changed images."
-        )
-
-
-def _has_content(uri: str, spark: Optional[SparkSession]) -> bool:
-    """Tell whether ``uri`` holds a file other than leftovers of a killed run."""
-    if not storage.exists(uri, spark):
-        return False
-    base = uri.rstrip("/") + "/"
-    leftovers = tuple(base + d + "/" for d in (_STAGING, _TRASH))
-    local = storage.is_local(uri)
-    for f in storage.iter_files(uri, spark):
-        rel = str(f) if local else f
-        if not (rel.startswith(leftovers) or rel.replace("file:", "", 1).startswith(leftovers)):
-            return True
-    return False
-
-
-@contextmanager
-def _stage(timings: Dict[str, float], name: str, spark: SparkSession) -> Iterator[None]:
-    """Time a stage and label its Spark jobs in the UI."""
-    spark.sparkContext.setJobDescription(f"p8utils: {name}")
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = round(time.perf_counter() - start, 3)
-        spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
-
-
-def _versions() -> Dict[str, Optional[str]]:
-    """Versions of the libraries that shape the output."""
-    from importlib import metadata
-
-    out: Dict[str, Optional[str]] = {"python": platform.python_version(), "p8utils": __version__}
-    for dist in ("pyspark", "tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "pillow"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def run(
-    input: str,
-    output: str,
+    config: Union[RunConfig, str],
+    output: Optional[str] = None,
     *,
-    model: str = "mobilenet_v2",
-    weights: str = "imagenet",
-    k: Optional[int] = None,
-    variance: Optional[float] = None,
-    batch_size: int = 64,
-    engine: str = DEFAULT_ENGINE,
-    seed: int = 0,
-    mode: str = "error",
-    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    images_per_partition: int = 256,
-    master: Optional[str] = None,
     spark: Optional[SparkSession] = None,
+    progress: Optional[Callable[[str, SparkSession], ContextManager[Any]]] = None,
+    **parameters: Any,
 ) -> RunResult:
-    """Run the whole pipeline and write features, PCA and manifest.
+    """Run the whole pipeline and commit features, PCA and manifest into ``config.output``.
 
     Parameters
     ----------
-    input : str
-        Folder or URI of images, one sub-folder per class (label = folder name).
-    output : str
-        Folder or URI to write the run to.
-    model : str
-        ``"mobilenet_v2"`` (1280 features) or ``"resnet50"`` (2048).
-    weights : str
-        ``"imagenet"`` (default; error when unreachable), ``"offline"``,
-        ``"auto"`` or a weights file path/URI.
-    k : int, optional
-        Number of principal components to keep.
-    variance : float, optional
-        Keep the smallest k reaching this explained variance. When neither
-        ``k`` nor ``variance`` is given, ``variance=0.95``.
-    batch_size : int
-        Images per model call.
-    engine : str
-        Inference engine (:data:`p8utils.featurize.ENGINES`).
-    seed : int
-        Seed of offline weights.
-    mode : str
-        ``"error"`` (default: refuse a non-empty output) or ``"overwrite"``.
-    extensions : sequence of str
-        File extensions that count as images, case-insensitive.
-    max_pixels : int
-        Images declaring more pixels are reported as ``too_large``.
-    images_per_partition : int
-        Target images per Spark task (see :func:`p8utils.images.load_images`).
-    master : str, optional
-        Spark master for a new local session (ignored if a session exists).
-    spark : SparkSession, optional
-        Session to use; default :func:`p8utils.spark.get_spark`.
+    config : RunConfig or str
+        The run's parameters; or, as a shorthand, the input folder, with
+        ``output`` and ``parameters`` the other fields of :class:`RunConfig`.
+    output : str, optional
+        With the shorthand only.
+    spark : pyspark.sql.SparkSession, optional
+        Session to use; default the active one or a new local one
+        (:func:`p8utils.spark.get_spark` with ``config.master``).
+    progress : callable, optional
+        ``progress(stage, spark)`` returns a context manager wrapped around
+        each stage (``weights``, ``list_images``, ``featurize``, ``check``,
+        ``pca_fit``, ``pca_transform``), e.g. a progress bar for ``featurize``.
+    **parameters
+        With the shorthand only: other :class:`RunConfig` fields.
 
     Returns
     -------
     RunResult
+
+    Raises
+    ------
+    ParameterError
+        A bad parameter or path, before any Spark job (before any JVM for local paths).
+    OutputBusyError
+        Another run holds the output folder; nothing was written.
+    RunCheckError
+        The staged rows do not match the listed files; the previous output is untouched.
+    """
+    config = config if isinstance(config, RunConfig) else RunConfig(input=config, output=output, **parameters)
+    spark, stage = _check_paths(config, spark), _Stages(progress)
+    with runs.open_run(config.output, config.mode, spark) as active:
+        spark, bundle = _session_and_weights(config, stage, spark)
+        listing = _list(config, active, stage, spark)
+        previous = _previous_features(config, active, bundle, spark)
+        staged, reuse, builds = _featurize_and_stage(config, active, listing, bundle, previous, stage, spark)
+        counts = _check(active, listing, staged, stage, spark)
+        with stage("pca_fit", spark):
+            fit = fit_pca(staged, k=config.k, variance=config.variance)
+        with stage("pca_transform", spark):
+            active.write_pca(transform(fit, staged.where("features IS NOT NULL").select("path", "label", "features")),
+                             fit.to_bytes())
+        manifest = runs.build_manifest(config, active, bundle, counts, fit, stage.seconds, spark, reuse=reuse,
+                                       unlisted=listing.unlisted, model_builds=builds,
+                                       incremental_key=list(INCREMENTAL_KEY) if config.mode == "incremental" else None)
+        active.commit(manifest)
+    for warning in manifest["warnings"]:
+        log.warning(warning)
+    lay = runs.layout(config.output)
+    return RunResult(config.output, lay.features, lay.pca, lay.manifest, manifest, fit)
+
+
+def project(
+    run_folder: str,
+    input: str,
+    output: str,
+    *,
+    spark: Optional[SparkSession] = None,
+    progress: Optional[Callable[[str, SparkSession], ContextManager[Any]]] = None,
+    **parameters: Any,
+) -> RunResult:
+    """Featurize new images with a run's model and weights, and project them on the run's PCA.
+
+    This is the step a recognition app needs after the batch: new photos get
+    PC scores comparable with the run's, and the classes of the run whose
+    centroids (mean PC scores) are nearest.
+
+    Parameters
+    ----------
+    run_folder : str
+        A complete run (local or URI) written by this version of p8utils (it
+        keeps its PCA fit in ``pca/_model.npz``).
+    input, output : str
+        The new images (folder or URI) and where to write their projection (a
+        run folder of its own: same protocol, lease and row check).
+    spark : pyspark.sql.SparkSession, optional
+    progress : callable, optional
+        As for :func:`run`.
+    **parameters
+        Other :class:`RunConfig` fields (``batch_size``, ``mode``, ``master`` …).
+        :data:`MODEL_PARAMETERS` default to the run's; weights that give
+        another SHA-256 than the run's are refused.
+
+    Returns
+    -------
+    RunResult
+        ``features/`` as for a run; ``pca/`` with ``path``, ``label``,
+        ``pca_features`` (array<double>[k], the run's k), ``nearest_classes``
+        (array<string>[3]) and ``nearest_distances`` (array<double>[3]); the
+        manifest's ``projection`` entry has the run and, for new images whose
+        folder name is a class of the run, the nearest-class accuracy.
+
+    Raises
+    ------
+    ParameterError
+        Not a complete run, a run without its PCA fit, or other weights.
     """
     from pyspark.sql import functions as F
 
+    source = runs.layout(run_folder)
+    if not storage.is_local(source.root):
+        spark = spark or _session(RunConfig(input=input, output=output, **parameters))
+    made = runs.read_manifest(source.root, spark)
+    fixed = {k: v for k, v in made["parameters"].items() if k in MODEL_PARAMETERS and k in RunConfig.names()}
+    config = RunConfig(input=input, output=output, **{**fixed, **parameters, "k": 1, "variance": None})
+    spark, stage = _check_paths(config, spark), _Stages(progress)
+    with runs.open_run(config.output, config.mode, spark) as active:
+        spark, bundle = _session_and_weights(config, stage, spark)
+        fit = _run_fit(source, made, bundle, spark)
+        listing, staged, reuse, builds, counts = _all_featurized(config, active, bundle, stage, spark)
+        with stage("pca_transform", spark):
+            centroids = pca_mod.class_centroids(spark.read.parquet(storage.spark_path(source.pca)))
+            scores = pca_mod.nearest_classes(transform(fit, staged.where("features IS NOT NULL").select(
+                "path", "label", "features")), centroids)
+            active.write_pca(scores, fit.to_bytes())
+            hits = active.staged_pca(spark).where(F.col("label").isin(*centroids.labels)).agg(
+                F.count(F.lit(1)).alias("n"), F.sum((F.col("label") == F.col("nearest_classes")[0]).cast("int")
+                                                    ).alias("hits")).first()
+        accuracy = None if not hits["n"] else float(hits["hits"]) / int(hits["n"])
+        projection = {"run": source.root, "run_id": made["run_id"], "known_class_rows": int(hits["n"]),
+                      "nearest_class_accuracy": accuracy, "classes": len(centroids.labels)}
+        manifest = runs.build_manifest(config.replace(k=fit.k), active, bundle, counts, fit, stage.seconds, spark,
+                                       reuse=reuse, unlisted=listing.unlisted, model_builds=builds,
+                                       extra={"kind": "projection", "projection": projection})
+        active.commit(manifest)
+    lay = runs.layout(config.output)
+    return RunResult(config.output, lay.features, lay.pca, lay.manifest, manifest, fit)
+
+
+def _session_and_weights(config: RunConfig, stage: _Stages,
+                         spark: Optional[SparkSession]) -> Tuple[SparkSession, WeightsBundle]:
+    """Return the session (the given one, else the active or a new local one) and the resolved weights."""
+    spark = spark or _session(config)
+    with stage("weights", spark):
+        return spark, load_weights(config.model, config.weights, seed=config.seed, spark=spark,
+                                   image_size=config.image_size)
+
+
+def _list(config: RunConfig, active: runs.ActiveRun, stage: _Stages, spark: SparkSession) -> images.Listing:
+    """List the input once, into the run's staging folder."""
+    with stage("list_images", spark):
+        return images.list_images(spark, config.input, config.extensions, dest=active.listing_path,
+                                  reader=config.reader)
+
+
+def _featurize_and_stage(config: RunConfig, active: runs.ActiveRun, listing: images.Listing, bundle: WeightsBundle,
+                         previous: Optional[DataFrame], stage: _Stages,
+                         spark: SparkSession) -> Tuple[DataFrame, Dict[str, Any], int]:
+    """Featurize (full, or incremental on ``previous``) and write the staged rows.
+
+    Returns
+    -------
+    (DataFrame, dict, int)
+        The features the run will commit, the reuse counts, the model builds.
+    """
+    builds = spark.sparkContext.accumulator(0)
+    with stage("featurize", spark):
+        table, reuse = _features(config, active, listing, previous, bundle, builds)
+        staged = _write_features(active, table, listing)
+    return staged, reuse, builds.value
+
+
+def _check(active: runs.ActiveRun, listing: images.Listing, staged: DataFrame, stage: _Stages,
+           spark: SparkSession) -> runs.RowCheck:
+    """Check the staged rows against the listing (the run stops here if they differ)."""
+    with stage("check", spark):
+        return active.check_rows(staged, listing.frame, listing.n_files)
+
+
+def _all_featurized(config: RunConfig, active: runs.ActiveRun, bundle: WeightsBundle, stage: _Stages,
+                    spark: SparkSession) -> Tuple[images.Listing, DataFrame, Dict[str, Any], int, runs.RowCheck]:
+    """List, featurize every file (no reuse), stage and check: the first steps of a projection."""
+    listing = _list(config, active, stage, spark)
+    staged, reuse, builds = _featurize_and_stage(config, active, listing, bundle, None, stage, spark)
+    return listing, staged, reuse, builds, _check(active, listing, staged, stage, spark)
+
+
+def _run_fit(source: runs.RunLayout, made: Dict[str, Any], bundle: WeightsBundle, spark: SparkSession) -> PCAResult:
+    """Read the run's PCA fit, once the weights just loaded are known to be the run's.
+
+    Raises
+    ------
+    ParameterError
+        Other weights than the run's, or a run without its fit.
+    """
+    if bundle.sha256 != made["weights"]["sha256"]:
+        raise ParameterError(
+            f"weights={bundle.source!r} give sha256={bundle.sha256[:12]}…, but the run {source.root!r} was made "
+            f"with sha256={made['weights']['sha256'][:12]}… ({made['weights']['source']}): its PCA means nothing for "
+            "other features. Fix: pass the weights the run used (weights=<that file>, same seed), or re-run it."
+        )
+    if not storage.exists(source.pca_model, spark):
+        raise ParameterError(f"the run {source.root!r} has no PCA fit ({source.pca_model}): it was made by an older "
+                             "p8utils. Fix: run it again (mode='overwrite') with this version, then project.")
+    return PCAResult.from_bytes(storage.read_bytes(source.pca_model, spark))
+
+
+def _check_paths(config: RunConfig, spark: Optional[SparkSession]) -> Optional[SparkSession]:
+    """Check input and output before any Spark job; return the session if remote paths needed one."""
+    if not config.is_local:
+        spark = spark or _session(config)
+    images.check_input(config.input, config.extensions, spark)
+    runs.check_output_location(config.input, config.output)
+    images.resolve_reader(config.reader, config.input)
+    return spark
+
+
+def _session(config: RunConfig) -> SparkSession:
     from p8utils.spark import get_spark
 
-    if k is None and variance is None:
-        variance = DEFAULT_VARIANCE
-    params = dict(model=model, weights=weights, k=k, variance=variance, batch_size=batch_size,
-                  engine=engine, mode=mode, extensions=extensions)
-    validate_params(input, output, **params)  # local checks, before any JVM
-    spark = spark or get_spark(master)
-    if not (storage.is_local(input) and storage.is_local(output)):
-        validate_params(input, output, spark=spark, **params)  # URIs need the JVM's FileSystem
-
-    timings: Dict[str, float] = {}
-    started = _dt.datetime.now(_dt.timezone.utc)
-    run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    features_path = storage.join(output, "features")
-    pca_path = storage.join(output, "pca")
-    manifest_path = storage.join(output, _MANIFEST)
-    staging = storage.join(output, _STAGING, run_id)
-    spark_path = (lambda p: str(storage.local_path(p))) if storage.is_local(output) else (lambda p: p)
-    for leftover in (_STAGING, _TRASH):  # from runs that were killed
-        storage.delete(storage.join(output, leftover), spark)
-
-    with _stage(timings, "weights", spark):
-        bundle = load_weights(model, weights, seed=seed, spark=spark)
-    previous = _previous_run(output, mode, model, bundle.sha256, spark)
-
-    with _stage(timings, "list_images", spark):
-        images = load_images(spark, input, extensions, images_per_partition=images_per_partition)
-    builds = spark.sparkContext.accumulator(0)
-    feature_args = dict(batch_size=batch_size, engine=engine, max_pixels=max_pixels, model_builds=builds)
-    with _stage(timings, "featurize", spark):
-        if previous is None:
-            table = featurize(images, bundle, **feature_args).select(*_FEATURE_COLUMNS)
-            reuse: Dict[str, int] = {"reused": 0, "removed": 0}
-        else:
-            table, reuse = _incremental(spark, images, spark.read.parquet(spark_path(features_path)),
-                                        bundle, extensions, feature_args)
-        table.write.parquet(spark_path(storage.join(staging, "features")))
-    stored = spark.read.parquet(spark_path(storage.join(staging, "features")))
-    with _stage(timings, "count", spark):
-        by_error = {r["error"]: int(r["count"]) for r in stored.groupBy("error").count().collect()}
-    ok = by_error.pop(None, 0)
-    total = ok + sum(by_error.values())
-    counts = {"total": total, "ok": ok, "failed": sum(by_error.values()),
-              "failed_by_reason": dict(sorted(by_error.items())),
-              "featurized": total - reuse["reused"], **reuse}
-    with _stage(timings, "pca_fit", spark):
-        pca = fit_pca(stored, k=k, variance=variance)
-    with _stage(timings, "pca_transform", spark):
-        (transform(pca, stored.where(F.col("features").isNotNull()).select("path", "label", "features"))
-         .write.parquet(spark_path(storage.join(staging, "pca"))))
-
-    warnings: List[str] = [bundle.warning] if bundle.warning else []
-    if pca.k > pca.n_rows - 1:
-        warnings.append(f"k={pca.k} exceeds the rank of the data ({pca.n_rows} rows): trailing scores are ~0.")
-    manifest: Dict[str, Any] = {
-        "status": "complete",
-        "run_id": run_id,
-        "p8utils_version": __version__,
-        "started_at": started.isoformat(),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "parameters": {
-            "input": input, "output": output, "model": model, "weights": weights, "engine": engine,
-            "batch_size": batch_size, "k": k, "variance": variance, "seed": seed, "mode": mode,
-            "extensions": list(normalise_extensions(extensions)), "max_pixels": max_pixels,
-            "images_per_partition": images_per_partition,
-            "master": spark.sparkContext.master,
-        },
-        "weights": {"source": bundle.source, "sha256": bundle.sha256, "seed": bundle.seed,
-                    "warning": bundle.warning},
-        "counts": counts,
-        "incremental_key": list(_KEY) if mode == "incremental" else None,
-        "pca": {
-            "k": pca.k, "variance_target": pca.variance_target, "explained_at_k": pca.explained_at_k,
-            "n_rows": pca.n_rows, "feature_width": pca.width,
-            "explained_variance": [float(v) for v in pca.explained_variance],
-            "cumulative_variance": [float(v) for v in pca.cumulative_variance],
-        },
-        "outputs": {"features": features_path, "pca": pca_path},
-        "timings_s": timings,
-        "model_builds": builds.value,
-        "versions": _versions(),
-        "warnings": warnings,
-        "argv": list(sys.argv),
-    }
-    _commit(output, staging, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"), spark)
-    for w in warnings:
-        log.warning(w)
-    return RunResult(output, features_path, pca_path, manifest_path, manifest, pca)
+    return get_spark(config.master)
 
 
-def _previous_run(output: str, mode: str, model: str, sha256: str, spark: SparkSession) -> Optional[Dict[str, Any]]:
-    """Return the manifest of the complete run that ``mode="incremental"`` builds on, if any.
+class _Stages:
+    """Times each stage, labels its Spark jobs in the UI, and wraps it in the caller's progress context."""
+
+    def __init__(self, progress: Optional[Callable[[str, SparkSession], ContextManager[Any]]]) -> None:
+        self.seconds: Dict[str, float] = {}
+        self._progress = progress
+
+    @contextmanager
+    def __call__(self, name: str, spark: SparkSession) -> Iterator[None]:
+        spark.sparkContext.setJobDescription(f"p8utils: {name}")
+        start = time.perf_counter()
+        try:
+            with self._progress(name, spark) if self._progress is not None else nullcontext():
+                yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
+
+
+def _previous_features(config: RunConfig, active: runs.ActiveRun, bundle: WeightsBundle,
+                       spark: SparkSession) -> Optional[DataFrame]:
+    """Return the committed features table that ``mode="incremental"`` builds on, if any.
 
     Raises
     ------
@@ -332,86 +329,154 @@ def _previous_run(output: str, mode: str, model: str, sha256: str, spark: SparkS
         The previous run used another model or other weights: mixing them
         would give a table of incomparable features.
     """
-    if mode != "incremental" or not storage.exists(storage.join(output, _MANIFEST), spark):
+    if config.mode != "incremental" or not storage.exists(active.layout.manifest, spark):
         return None
-    previous = read_manifest(output, spark)
+    previous = runs.read_manifest(config.output, spark)
     used = (previous["parameters"]["model"], previous["weights"]["sha256"])
-    if used != (model, sha256):
+    if used != (config.model, bundle.sha256):
         raise ParameterError(
-            f"mode='incremental' but output={output!r} holds features of model={used[0]!r} with weights "
-            f"sha256={used[1][:12]}…, not model={model!r} sha256={sha256[:12]}…. Fix: use the same "
+            f"mode='incremental' but output={config.output!r} holds features of model={used[0]!r} with weights "
+            f"sha256={used[1][:12]}…, not model={config.model!r} sha256={bundle.sha256[:12]}…. Fix: use the same "
             "model and weights, or mode='overwrite' to recompute everything, or a new output."
         )
-    return previous
+    return spark.read.parquet(storage.spark_path(active.layout.features))
 
 
-def _incremental(
-    spark: SparkSession,
-    images: DataFrame,
-    previous: DataFrame,
-    bundle: Any,
-    extensions: Sequence[str],
-    feature_args: Dict[str, Any],
-) -> Tuple[DataFrame, Dict[str, int]]:
-    """Featurize only new or changed files; keep the rows of unchanged ones.
+def _features(
+    config: RunConfig,
+    active: runs.ActiveRun,
+    listing: images.Listing,
+    previous: Optional[DataFrame],
+    bundle: WeightsBundle,
+    builds: Accumulator,
+) -> Tuple[DataFrame, Dict[str, Any]]:
+    """Build the rows this run writes (lazy); in incremental mode, unchanged rows stay where they are.
 
     A file is unchanged when ``path``, ``length`` and ``modificationTime`` all
-    equal those of its previous row (no content is read to decide). Rows of
-    files that are gone from the input are dropped, so the table always
-    equals what a full run would produce.
+    equal those of its previous row and that row's error is not transient
+    (``missing``/``unreadable`` files are read again). Incremental runs are
+    copy-on-write: the committed part files holding only unchanged rows stay
+    untouched, those holding a row of a changed or deleted file are rewritten
+    without it, and new rows go to new files (:meth:`p8utils.runs.ActiveRun.merge_into_committed`),
+    so a run costs what is new. When the file count would pass
+    :func:`max_feature_files` the whole table is rewritten instead
+    (compaction). Either way the committed table equals what a full run gives.
 
     Returns
     -------
     (DataFrame, dict)
-        The whole new features table (lazy) and ``{"reused": n, "removed": n}``.
+        The rows to write, and ``{"featurized", "reused", "removed", "files_kept", "files_rewritten",
+        "compacted"}``.
     """
-    listing = images.select("path", *_KEY[1:]).cache()
-    try:
-        same = [listing[c].eqNullSafe(previous[c]) for c in _KEY]
-        todo = [r.path for r in listing.join(previous, same, "left_anti").select("path").collect()]
-        kept = previous.join(listing, same, "left_semi").select(*_FEATURE_COLUMNS).cache()
-        reused = kept.count()
-        removed = previous.count() - reused
-    finally:
-        listing.unpersist()
-    log.info("incremental: %d files to featurize, %d reused, %d removed", len(todo), reused, removed)
-    fresh = featurize(load_images(spark, files=todo, extensions=extensions), bundle, **feature_args)
-    return kept.unionByName(fresh.select(*_FEATURE_COLUMNS)), {"reused": reused, "removed": removed}
+    from pyspark.sql import functions as F
+
+    spark = listing.frame.sparkSession
+    if previous is None:
+        fresh = _featurize_listed(config, listing, listing.frame, listing.n_files, bundle, builds)
+        return fresh, {"featurized": listing.n_files, "reused": 0, "removed": 0}
+    # decide on the keys alone (path, length, mtime, error): the features are not read to decide
+    prev = previous.select(*FEATURE_COLUMNS, F.col("_metadata.file_name").alias("_file"))
+    keys = prev.select(*INCREMENTAL_KEY, "error", "_file")
+    same = [listing.frame[c].eqNullSafe(keys[c]) for c in INCREMENTAL_KEY]
+    reusable = keys.where(F.col("error").isNull() | ~F.col("error").isin(*images.TRANSIENT_REASONS))
+    kept = reusable.join(listing.frame.select(*INCREMENTAL_KEY), same, "left_semi")  # keys: cheap to recompute
+    per_file = keys.groupBy("_file").count().join(
+        kept.groupBy("_file").agg(F.count(F.lit(1)).alias("kept")), "_file", "left").collect()
+    affected = sorted(r["_file"] for r in per_file if (r["kept"] or 0) != r["count"])
+    reused = sum(int(r["kept"] or 0) for r in per_file)
+    removed = sum(int(r["count"]) for r in per_file) - reused
+    n_todo = listing.n_files - reused
+    todo = listing.frame.join(kept.select("path"), "path", "left_anti")
+    fresh = _featurize_listed(config, listing, todo, n_todo, bundle, builds)
+    parallelism = spark.sparkContext.defaultParallelism
+    new_files = images.task_count(n_todo, config.images_per_partition, parallelism) if n_todo else 0
+    # kept files + one rewritten file per affected file + the new ones
+    compact = len(per_file) + new_files > max_feature_files(listing.n_files, config.images_per_partition, parallelism)
+    if compact:  # rewrite everything: the reused rows, read in full, and the new ones
+        table = prev.join(kept.select("path", "_file"), ["path", "_file"], "left_semi").drop("_file")
+    else:  # copy-on-write: only the files that lose a row are rewritten, without it
+        active.merge_into_committed(affected)
+        gone = keys.join(kept.select("path"), "path", "left_anti").select("path")
+        table = prev.where(F.col("_file").isin(*affected) if affected else F.lit(False)).join(
+            F.broadcast(gone), "path", "left_anti").drop("_file")
+    table = table.select(*FEATURE_COLUMNS).unionByName(fresh)
+    log.info("featurizing %d files, %d reused, %d removed, %d files rewritten%s", n_todo, reused, removed,
+             len(affected), ", compacting" if compact else "")
+    return table, {"featurized": n_todo, "reused": reused, "removed": removed,
+                   "files_kept": 0 if compact else len(per_file) - len(affected),
+                   "files_rewritten": len(per_file) if compact else len(affected), "compacted": compact}
 
 
-def _commit(output: str, staging: str, manifest: bytes, spark: SparkSession) -> None:
-    """Swap the staged ``features/`` and ``pca/`` in, then write the manifest last.
+def max_feature_files(n_rows: int, images_per_partition: int, parallelism: int) -> int:
+    """Most part files ``features/`` may hold before an incremental run rewrites it whole (compaction).
 
-    Until this point the previous run is untouched. The manifest is removed
-    first and written last, so a reader that finds ``manifest.json`` always
-    sees a complete run; a crash inside this short window leaves no manifest
-    (the run is visibly incomplete) and the previous data under ``_trash/``.
+    Twice the files a full run would write, plus 16: successive small
+    incremental runs add a few files each; past this bound the next run
+    compacts them.
+
+    Returns
+    -------
+    int
     """
-    manifest_path = storage.join(output, _MANIFEST)
-    trash = storage.join(output, _TRASH, staging.rstrip("/").rsplit("/", 1)[-1])
-    storage.delete(manifest_path, spark)
-    for name in ("features", "pca"):
-        final = storage.join(output, name)
-        if storage.exists(final, spark):
-            storage.rename(final, storage.join(trash, name), spark)
-        storage.rename(storage.join(staging, name), final, spark)
-    storage.write_bytes(manifest_path, manifest, spark)
-    storage.delete(storage.join(output, _TRASH), spark)
-    storage.delete(storage.join(output, _STAGING), spark)
+    return 2 * images.task_count(n_rows, images_per_partition, parallelism) + 16
 
 
-def read_manifest(output: str, spark: Optional[SparkSession] = None) -> Dict[str, Any]:
-    """Read ``<output>/manifest.json``.
+def _featurize_listed(config: RunConfig, listing: images.Listing, todo: DataFrame, n_todo: int,
+                      bundle: WeightsBundle, builds: Accumulator) -> DataFrame:
+    """Featurize the listed files of ``todo``; files with a listing error pass through as error rows."""
+    from pyspark.sql import functions as F
 
-    Raises
-    ------
-    ParameterError
-        No manifest: the run is missing or did not complete.
+    spark = todo.sparkSession
+    tasks = images.task_count(n_todo, config.images_per_partition, spark.sparkContext.defaultParallelism)
+    args = dict(batch_size=config.batch_size, engine=config.engine, max_pixels=config.max_pixels,
+                model_builds=builds, calibration=_calibration(config, listing, bundle, spark))
+    failed = todo.where(F.col("error").isNotNull()).select(
+        "path", "label", F.lit(None).cast("array<float>").alias("features"), "error", "length", "modificationTime")
+    good = todo.where(F.col("error").isNull())
+    if listing.reader == "python":  # each Python worker reads its files: only paths travel
+        feats = featurize(good.drop("error").repartition(tasks), bundle, input_col="path", **args)
+    else:  # Spark's binaryFile reads the bytes; files added after the listing are left out
+        content = images.load_images(spark, config.input, config.extensions).join(
+            good.select("path"), "path", "left_semi")
+        if tasks < content.rdd.getNumPartitions():
+            content = content.coalesce(tasks)  # narrow: image bytes are never shuffled
+        feats = featurize(content, bundle, input_col="content", **args)
+    return feats.select(*FEATURE_COLUMNS).unionByName(failed)
+
+
+def _calibration(config: RunConfig, listing: images.Listing, bundle: WeightsBundle,
+                 spark: SparkSession) -> Optional[np.ndarray]:
+    """Preprocessed input images for an engine that calibrates on them; None for the others.
+
+    :data:`p8utils.engines.CALIBRATION_IMAGES` listed files, chosen by a hash of
+    their path (deterministic, spread over the classes), read on the driver.
     """
-    path = storage.join(output, _MANIFEST)
-    if not storage.exists(path, spark):
-        raise ParameterError(
-            f"no {_MANIFEST} in output={output!r}: the run is missing or did not complete. "
-            "Fix: run the pipeline (python -m p8utils run) into that folder first."
-        )
-    return json.loads(storage.read_bytes(path, spark).decode("utf-8"))
+    from pyspark.sql import functions as F
+
+    if not engines.get_engine(config.engine).calibrated:
+        return None
+    chosen = (listing.frame.where(F.col("error").isNull()).orderBy(F.xxhash64("path"), "path")
+              .select("path").limit(engines.CALIBRATION_IMAGES).collect())
+    decoded = images.decode_files([r["path"] for r in chosen], bundle.spec.input_size, spark, config.max_pixels)
+    if len(decoded) == 0:
+        raise ParameterError(f"engine={config.engine!r} calibrates on input images, but none of the "
+                             f"{len(chosen)} chosen could be decoded. Fix: check the input, or use engine='tflite'.")
+    return bundle.spec.preprocess(decoded)
+
+
+def _write_features(active: runs.ActiveRun, table: DataFrame, listing: images.Listing) -> DataFrame:
+    """Stage the features table; with Spark's reader, add rows for the listed files it never read."""
+    staged = active.write_features(table)
+    if listing.reader == "spark":
+        staged = active.write_features(_unread_rows(listing, staged), append=True)
+    return staged
+
+
+def _unread_rows(listing: images.Listing, staged: DataFrame) -> DataFrame:
+    """Rows for listed files that Spark's reader gave no row: zero-byte (``empty``) or gone (``missing``)."""
+    from pyspark.sql import functions as F
+
+    absent = listing.frame.join(staged.select("path"), "path", "left_anti")
+    return absent.select(
+        "path", "label", F.lit(None).cast("array<float>").alias("features"),
+        F.when(F.col("length") == 0, "empty").otherwise("missing").alias("error"), "length", "modificationTime")

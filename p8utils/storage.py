@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,10 +20,14 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "is_local",
     "local_path",
+    "spark_path",
     "join",
+    "parent",
     "exists",
     "read_bytes",
     "write_bytes",
+    "create_exclusive",
+    "list_dir",
     "delete",
     "rename",
     "iter_files",
@@ -51,12 +55,29 @@ def local_path(uri: str) -> Path:
     return Path(uri).expanduser().absolute()
 
 
+def spark_path(uri: str) -> str:
+    """Return the string to give Spark's readers and writers for ``uri``.
+
+    Local paths become absolute paths without scheme (what Spark prints back
+    as ``file:/…``); other URIs are returned unchanged.
+    """
+    return str(local_path(uri)) if is_local(uri) else str(uri)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path segments onto a local path or a URI with ``/``."""
     base = str(base)
     if is_local(base) and not base.startswith("file:"):
         return str(Path(base).joinpath(*parts))
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def parent(uri: str) -> str:
+    """Return the folder holding ``uri`` (local path or URI)."""
+    uri = str(uri)
+    if is_local(uri) and not uri.startswith("file:"):
+        return str(Path(uri).parent)
+    return uri.rstrip("/").rsplit("/", 1)[0]
 
 
 def _hadoop_fs(spark: SparkSession, uri: str):  # noqa: ANN202 - py4j objects
@@ -108,6 +129,56 @@ def write_bytes(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> 
         stream.write(bytearray(data))
     finally:
         stream.close()
+
+
+def create_exclusive(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> bool:
+    """Create the file ``uri`` holding ``data`` only if it does not exist yet.
+
+    Parent folders are created. Atomic on a local filesystem (``O_EXCL``) and
+    on HDFS (``FileSystem.create`` without overwrite); on S3 the existence
+    check and the write are separate requests, so two writers racing within
+    milliseconds may both succeed: callers re-read the file to see who won.
+
+    Returns
+    -------
+    bool
+        True if this call created the file, False if it existed already.
+    """
+    if is_local(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return True
+    fs, path = _hadoop_fs(spark, uri)
+    if fs.exists(path):
+        return False
+    try:
+        stream = fs.create(path, False)
+    except Exception as exc:  # noqa: BLE001 - py4j wraps FileAlreadyExistsException
+        if "AlreadyExists" in str(exc):
+            return False
+        raise
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+    return True
+
+
+def list_dir(uri: str, spark: Optional[SparkSession] = None) -> List[str]:
+    """Return the names of the entries directly inside the folder ``uri`` (empty if absent), sorted."""
+    if is_local(uri):
+        folder = local_path(uri)
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    fs, path = _hadoop_fs(spark, uri)
+    if not fs.exists(path):
+        return []
+    return sorted(str(st.getPath().getName()) for st in fs.listStatus(path))
 
 
 def delete(uri: str, spark: Optional[SparkSession] = None) -> None:

@@ -76,17 +76,17 @@ def _yaml_value(text: str) -> object:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from p8utils import report
+    from p8utils.notebook import paths, summaries
 
     _check_kernel(args.kernel)
-    run = Path(report.resolve_path(args.run_dir) if args.run_dir else report.new_run_dir()).absolute()
+    run = Path(paths.resolve_path(args.run_dir) if args.run_dir else paths.new_run()).absolute()
     if run.exists() and any(run.iterdir()):
         sys.exit(f"--run-dir {run} exists and is not empty. Fix: pass a new folder (or omit it: runs/<timestamp>).")
     notebooks = run / "notebooks"
     staging = run.parent / f".{run.name}.executing"
     staging.mkdir(parents=True, exist_ok=True)
 
-    params01: Dict[str, object] = {"input_path": args.input, "output_path": str(run), "weights": args.weights,
+    params01: Dict[str, object] = {"input": args.input, "output": str(run), "weights": args.weights,
                                    "master": args.master}
     params01.update({k: _yaml_value(v) for k, v in args.parameter})
     try:
@@ -111,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     print()
-    print(report.run_summary(manifest))
+    print(summaries.run_summary(manifest))
     print(f"\nRun folder: {run}")
     print("  executed notebooks:")
     for nb in sorted(notebooks.glob("*.ipynb")):

@@ -40,6 +40,13 @@ def test_cli_run_end_to_end(tmp_path, sample_dir):
     assert m["counts"]["total"] == m["counts"]["ok"] == n
     assert m["parameters"]["variance"] == 0.9 and m["pca"]["explained_at_k"] >= 0.9
     assert (out / "features").is_dir() and (out / "pca").is_dir()
+    console = (proc.stdout + proc.stderr).splitlines()
+    assert len(console) <= 40, "\n".join(console)
+    assert not any("TensorSpec" in ln or " WARN " in ln or "[Stage " in ln for ln in console), "\n".join(console)
+    assert "featurize: " in proc.stdout and "NOT ImageNet" in proc.stdout, "progress and the offline warning shown"
+    log = next(ln.split("log      -> ", 1)[1] for ln in proc.stdout.splitlines() if "log      -> " in ln)
+    assert log.startswith(str(out / "logs")) and "TensorSpec" in open(log, encoding="utf-8").read(), \
+        "the converter's dump went to the run's log file"
 
 
 @pytest.mark.parametrize("args,match", [

@@ -5,7 +5,7 @@ import pytest
 
 from p8utils.errors import ParameterError
 from p8utils.featurize import featurize, featurize_bytes
-from p8utils.images import load_images
+from p8utils.images import list_images, load_images
 from p8utils.models import build_model, load_weights
 
 from .conftest import image_files
@@ -123,31 +123,12 @@ def test_model_built_once_per_worker_not_per_task(spark, tmp_path, sample_dir, o
         for f in image_files(sample_dir):
             (src / f.parent.name).mkdir(parents=True, exist_ok=True)
             (src / f.parent.name / f"{i}_{f.name}").write_bytes(f.read_bytes())
-    images = load_images(spark, str(src), images_per_partition=40)
+    images = list_images(spark, str(src)).frame.repartition(6)
     tasks = images.rdd.getNumPartitions()
     builds = spark.sparkContext.accumulator(0)
-    out = featurize(images, offline_bundle, engine="tflite", model_builds=builds)
+    out = featurize(images, offline_bundle, input_col="path", engine="tflite", model_builds=builds)
     assert out.where("error is null").count() == 240
     first = builds.value
     assert tasks == 6 and 1 <= first <= 2, (tasks, first)  # local[2]: two Python workers
     assert out.where("error is null").count() == 240  # a second job: the workers' models are reused
     assert builds.value == first
-
-
-def test_tflite_falls_back_to_tf_lite_without_litert(sample_dir, offline_bundle, monkeypatch):
-    """EMR's Python 3.9 has no ai_edge_litert wheel: the engine then uses tf.lite.Interpreter."""
-    import sys
-
-    from p8utils import featurize as feat
-
-    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-    import tensorflow as tf
-
-    assert feat._tflite_interpreter_class() is tf.lite.Interpreter
-    feat._PREDICTORS.clear()
-    data = [f.read_bytes() for f in image_files(sample_dir)[:5]]
-    out = featurize_bytes(data, offline_bundle, engine="tflite")
-    feat._PREDICTORS.clear()
-    ref = featurize_bytes(data, offline_bundle, engine="keras")
-    assert _rel_err(np.stack(out.features), np.stack(ref.features)).max() <= 1e-4

@@ -13,6 +13,7 @@ from p8utils.images import (
     check_input,
     decode_image,
     extension_glob,
+    list_images,
     load_images,
 )
 
@@ -53,7 +54,8 @@ def test_load_images_one_row_per_file_with_folder_labels(spark, sample_dir):
     assert any(" " in r.label for r in rows), "class names with spaces must survive"
 
 
-def test_labels_survive_spaces_unicode_percent_hash(spark, tmp_path, sample_dir):
+@pytest.mark.parametrize("reader", ["python", "spark"])
+def test_labels_survive_spaces_unicode_percent_hash(spark, tmp_path, sample_dir, reader):
     src = image_files(sample_dir)[0]
     names = ["Apple Red 1", "Pomme rôtie", "a%20b", "Kiwi #2", "草莓"]
     for name in names:
@@ -61,11 +63,14 @@ def test_labels_survive_spaces_unicode_percent_hash(spark, tmp_path, sample_dir)
         shutil.copy(src, tmp_path / name / "r_0 x%#é.JPG")
         (tmp_path / name / "zero %20#.jpg").write_bytes(b"")
         (tmp_path / name / "notes.txt").write_text("not an image extension")
-    rows = load_images(spark, str(tmp_path)).select("path", "label", "length").collect()
+    listing = list_images(spark, str(tmp_path), reader=reader)
+    rows = listing.frame.select("path", "label", "length", "error").collect()
+    assert listing.n_files == len(rows) == 2 * len(names) and listing.reader == reader
     assert sorted(r.label for r in rows) == sorted(names * 2), "one row per file, zero-byte ones included"
     assert sorted(r.path for r in rows) == sorted(f"file:{tmp_path}/{n}/{f}" for n in names
                                                    for f in ("r_0 x%#é.JPG", "zero %20#.jpg"))
     assert sorted(r.length for r in rows)[: len(names)] == [0] * len(names)
+    assert sorted(r.error or "" for r in rows) == [""] * len(names) + ["empty"] * len(names)
 
 
 def test_check_input_errors(tmp_path):

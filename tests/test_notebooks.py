@@ -117,6 +117,43 @@ def test_parameters_cell_is_commented_literals(path):
     assert all(p["inferred_type_name"] != "None" for p in params.values())
 
 
+#: Where a notebook's default differs from RunConfig's, on purpose.
+_NOTEBOOK_DEFAULTS = {
+    NB01: {"input": "data_sample", "output": "", "weights": "auto", "master": "local[2]"},  # the sample demo
+    NB02: {"input": "s3://YOUR-BUCKET/fruits-360/Training/", "output": "s3://YOUR-BUCKET/p8-runs/full-run/"},
+}
+_ANNOTATIONS = {"str": "str", "int": "int", "float": "float", "list": "List[str]"}
+
+
+@pytest.mark.parametrize("path", [NB01, NB02], ids=lambda p: p.name)
+def test_run_parameters_of_the_notebooks_are_runconfigs(path):
+    """Run parameters in a notebook: RunConfig's names, types, help text and defaults (one declaration)."""
+    from p8utils.config import REQUIRED, RunConfig, parameters
+
+    declared = {p.name: p for p in parameters()}
+    cell = _code(_parameters_cell(_read(path)))
+    values = {}
+    for line in cell.splitlines():
+        stmt = ast.parse(line).body[0]
+        name, value = stmt.target.id, ast.literal_eval(stmt.value)
+        if name not in declared:
+            continue
+        p = declared[name]
+        comment = line.partition("  # ")[2]
+        assert comment == p.help or comment.startswith(p.help + "; "), f"{path.name}: {name}'s help is not RunConfig's"
+        annotation = ast.literal_eval(stmt.annotation) if isinstance(stmt.annotation, ast.Constant) else \
+            stmt.annotation.id
+        want = _ANNOTATIONS[p.kind]
+        assert annotation in (want, f"Optional[{want}]"), (name, annotation)
+        expected = _NOTEBOOK_DEFAULTS[path].get(name, None if p.default is REQUIRED else p.default)
+        assert value == expected, f"{path.name}: {name} = {value!r}, RunConfig says {p.default!r}"
+        values[name] = value
+    assert {"input", "output", "model", "weights", "engine", "batch_size", "k", "variance", "mode"} <= set(values)
+    if path == NB01:
+        values["output"] = "runs/x"
+    RunConfig.from_mapping(values)  # the notebook's own defaults make a valid config
+
+
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_help_notebook_lists_every_parameter_with_its_comment(path):
     exe = Path(sys.executable).parent / "papermill"
@@ -153,7 +190,7 @@ def test_02_is_a_sparkmagic_notebook():
     sources = [_code(c) for c in cells]
     params_at = cells.index(_parameters_cell(nb))
     assert sources.index("%%info") < params_at, "%%info before the parameters"
-    assert sum(s.strip() == "%matplot plt" for s in sources) == 3
+    assert sum(s.strip() == "%matplot plt" for s in sources) == 4  # grid, variance, PC1-PC2, the cluster analysis
     code = "\n".join(sources)
     assert "get_spark" not in code and "SparkSession" not in code, "02 uses Livy's session, never its own"
     assert "import matplotlib.pyplot as plt" in code  # %matplot plt looks the name up in the session
@@ -164,11 +201,11 @@ def test_02_parameters_are_injected_as_python_for_pysparkkernel(tmp_path, how):
     out = tmp_path / "02.ipynb"
     if how == "api":
         papermill.execute_notebook(str(NB02), str(out), kernel_name="pysparkkernel", prepare_only=True,
-                                   parameters={"input_uri": "s3://b/in/", "k": 20, "variance": None})
+                                   parameters={"input": "s3://b/in/", "k": 20, "variance": None})
     else:
         exe = Path(sys.executable).parent / "papermill"
         proc = subprocess.run([str(exe), "--prepare-only", "-k", "pysparkkernel", str(NB02), str(out),
-                               "-p", "input_uri", "s3://b/in/", "-p", "k", "20", "-p", "variance", "None"],
+                               "-p", "input", "s3://b/in/", "-p", "k", "20", "-p", "variance", "None"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
     nb = _read(out)
@@ -177,7 +214,7 @@ def test_02_parameters_are_injected_as_python_for_pysparkkernel(tmp_path, how):
     assert "parameters" in tags[at - 1], "injected right after the parameters cell"
     assert _code(nb.cells[0]).startswith("%%configure -f"), "the configure cell stays first"
     injected = _code(nb.cells[at])
-    assert 'input_uri = "s3://b/in/"' in injected and "k = 20" in injected and "variance = None" in injected
+    assert 'input = "s3://b/in/"' in injected and "k = 20" in injected and "variance = None" in injected
     ast.parse(injected)  # Python, as the Livy session will run it
 
 
@@ -236,7 +273,7 @@ def run01(kernel_name, tmp_path_factory):
     base = tmp_path_factory.mktemp("nb01")
     run = base / "run"
     # relative input path + a foreign cwd: paths are taken from the project root, not the kernel's cwd
-    nb = _execute(NB01, base / "01.ipynb", {"input_path": "data_sample", "output_path": str(run),
+    nb = _execute(NB01, base / "01.ipynb", {"input": "data_sample", "output": str(run),
                                              "weights": "offline", "master": "local[2]"}, kernel_name, base)
     return nb, run
 
@@ -269,7 +306,8 @@ def test_03_analyses_the_features_of_01(run01, kernel_name, tmp_path):
     _assert_no_error(nb)
     figures = run / "analysis" / "figures"
     names = sorted(p.name for p in figures.glob("*.png"))
-    assert names == ["pc1_pc2.png", "pc1_pc2_pc3_3d.png", "pc1_pc3.png", "scree_cumulative.png"]
+    assert names == ["component_extremes.png", "pc1_pc2.png", "pc1_pc2_pc3_3d.png", "pc1_pc3.png",
+                     "scree_cumulative.png"]
     for name in names:
         _assert_png(figures / name)
     import pandas as pd
@@ -316,7 +354,7 @@ def test_02_code_cells_give_the_same_outputs_as_01(run01, kernel_name, tmp_path)
     _, run1 = run01
     run2 = tmp_path / "run02"
     nb = _execute(_standin_02(tmp_path), tmp_path / "02.ipynb",
-                  {"input_uri": str(ROOT / "data_sample"), "output_uri": str(run2), "weights": "offline"},
+                  {"input": str(ROOT / "data_sample"), "output": str(run2), "weights": "offline"},
                   kernel_name, tmp_path)
     _assert_no_error(nb)
     m1, m2 = (json.loads((r / "manifest.json").read_text()) for r in (run1, run2))

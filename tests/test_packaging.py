@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-MAKE_EXTRAS = ("spark", "tf", "plots", "dev", "notebooks", "sparkmagic")
+RUN_EXTRAS = ("spark", "tf", "notebooks")  # make run: the main job only
+MAKE_EXTRAS = (*RUN_EXTRAS, "plots", "lab", "dev", "sparkmagic")  # make test: everything
 
 
 def _pyproject():
@@ -42,7 +45,19 @@ def test_environment_yml_matches_pyproject():
 
 def test_makefile_installs_the_same_extras():
     text = (ROOT / "Makefile").read_text()
-    assert f"EXTRAS := {','.join(MAKE_EXTRAS)}" in text
+    assert f"RUN_EXTRAS := {','.join(RUN_EXTRAS)}" in text
+    assert f"TEST_EXTRAS := $(RUN_EXTRAS),{','.join(MAKE_EXTRAS[len(RUN_EXTRAS):])}" in text
+
+
+def test_make_run_installs_no_source_build_and_no_test_tools():
+    """`make run` takes wheels only (no C extension to build) and none of the test/lab/sparkmagic extras."""
+    text = (ROOT / "Makefile").read_text()
+    recipe = text[text.index("$(RUN_STAMP):"):text.index("$(TEST_STAMP):")]
+    assert "--only-binary=:all:" in recipe and "$(RUN_EXTRAS)" in recipe and "apt-get" not in recipe
+    project = _pyproject()["project"]["optional-dependencies"]
+    run_reqs = " ".join(r for e in RUN_EXTRAS for r in project[e])
+    for tool in ("sparkmagic", "pytest", "jupyterlab", "moto", "selenium"):
+        assert tool not in run_reqs, tool
 
 
 def test_constraints_pin_what_is_installed():
@@ -85,6 +100,29 @@ def test_package_is_python39_compatible():
 def test_ruff_clean():
     ruff = pytest.importorskip("ruff")
     del ruff
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "p8utils", "tests", "scripts"],
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "p8utils", "tests", "scripts", "benchmarks"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.heavy  # builds a wheel in a subprocess: seconds
+def test_wheel_holds_the_runtime_package_only(tmp_path):
+    """The wheel: p8utils and the offline weights' calibration images; no renderer, benchmark, tests or scripts."""
+    src = tmp_path / "src"  # a clean copy: a stale build/ in the tree would leak old files into the wheel
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "data_sample", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".ruff_cache", "spark-warehouse", "metastore_db"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                           "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("p8utils-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    modules = [n for n in names if n.endswith(".py")]
+    assert "p8utils/__init__.py" in modules and "p8utils/models.py" in modules
+    assert all(n.startswith("p8utils/") for n in modules), modules
+    stems = {Path(n).stem for n in modules}
+    assert not stems & {"sample", "fruit_renderer", "make_sample", "bench"}, sorted(stems)
+    tops = {n.split("/")[0] for n in names}
+    assert not tops & {"tests", "scripts", "benchmarks", "notebooks", "bootstrap", "data_sample"}, sorted(tops)
+    calibration = sorted(n for n in names if n.startswith("p8utils/data/calibration/"))
+    assert calibration == [f"p8utils/data/calibration/calibration_{i:02d}.png" for i in range(16)]

@@ -85,3 +85,52 @@ def test_bad_parameters(k, variance, width, match):
 def test_too_few_rows(spark):
     with pytest.raises(ParameterError, match="at least 2 rows"):
         fit_pca(_df(spark, _matrix(n=1), with_null=True), k=1)
+
+
+# --------------------------------------------------------------------------- the two methods
+
+
+def _align_columns(a, b):
+    """Flip the sign of each column of ``a`` to match ``b``."""
+    signs = np.sign(np.sum(a * b, axis=0))
+    return a * np.where(signs == 0, 1.0, signs)
+
+
+@pytest.mark.parametrize("n,partitions", [(300, 5), (25, 3)], ids=["tall", "fewer_rows_than_width"])
+def test_covariance_method_equals_spark_ml(spark, n, partitions):
+    """One pass + treeAggregate + eigh gives Spark ML's explained variance (1e-9) and axes (up to sign, 1e-6)."""
+    x = _matrix(n=n, d=40, seed=3)
+    df = _df(spark, x).repartition(partitions)
+    cov = fit_pca(df, k=10, method="covariance")
+    ml = fit_pca(df, k=10, method="spark_ml")
+    assert cov.n_rows == ml.n_rows == n and cov.k == ml.k == 10
+    np.testing.assert_allclose(cov.explained_variance, ml.explained_variance, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(cov.mean, ml.mean, rtol=1e-12, atol=1e-12)
+    separated = min(n - 1, 10)  # axes are defined (up to sign) where the eigenvalues are distinct and non-zero
+    np.testing.assert_allclose(_align_columns(cov.components, ml.components)[:, :separated],
+                               ml.components[:, :separated], rtol=0, atol=1e-6)
+    # deterministic signs: the largest entry of every axis is positive
+    assert np.all(cov.components[np.abs(cov.components).argmax(axis=0), np.arange(10)] > 0)
+
+
+def test_covariance_method_reads_vectors_and_doubles(spark):
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    x = _matrix(n=80, d=12, seed=5)
+    df = _df(spark, x, with_null=False)
+    ref = fit_pca(df, k=3)
+    for other in (df.withColumn("features", F.col("features").cast("array<double>")),
+                  df.withColumn("features", array_to_vector("features"))):
+        got = fit_pca(other, k=3)
+        np.testing.assert_allclose(got.explained_variance, ref.explained_variance, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.components, ref.components, rtol=0, atol=1e-9)
+
+
+def test_unknown_method_and_ragged_rows(spark):
+    df = _df(spark, _matrix(n=10, d=4))
+    with pytest.raises(ParameterError, match=r"method='svd' is not valid. Fix: use one of \['covariance', "):
+        fit_pca(df, k=2, method="svd")
+    ragged = spark.createDataFrame([([1.0, 2.0],), ([1.0, 2.0, 3.0],), ([0.0, 1.0],)], "features array<float>")
+    with pytest.raises(Exception, match="different widths"):
+        fit_pca(ragged.coalesce(1), k=1)

@@ -66,7 +66,7 @@ def test_manifest(sample_run, sample_dir):
     assert m["pca"]["k"] == sample_run.pca.k and m["pca"]["explained_at_k"] >= 0.95
     assert len(m["pca"]["explained_variance"]) == 1280
     assert m["weights"]["source"] == "offline" and len(m["weights"]["sha256"]) == 64
-    assert set(m["timings_s"]) == {"weights", "list_images", "featurize", "count", "pca_fit", "pca_transform"}
+    assert set(m["timings_s"]) == {"weights", "list_images", "featurize", "check", "pca_fit", "pca_transform"}
     for lib in ("pyspark", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "pillow", "python"):
         assert m["versions"][lib], lib
     assert m["parameters"]["model"] == "mobilenet_v2" and m["parameters"]["variance"] == 0.95
@@ -167,3 +167,40 @@ def test_real_photos(spark, real_dir, tmp_path):
         cents = {c: z[mask & (labels == c)].mean(axis=0) for c in set(labels)}
         correct += min(cents, key=lambda c: np.linalg.norm(z[i] - cents[c])) == labels[i]
     assert correct / len(z) > 3 / len(set(labels))
+
+
+@pytest.mark.slow
+def test_project_gives_a_runs_own_images_its_scores(spark, sample_run, sample_dir, tmp_path):
+    res = pipeline.project(sample_run.output, str(sample_dir), str(tmp_path / "again"), spark=spark)
+    ref, got = _read(sample_run.pca_path), _read(res.pca_path)
+    assert list(got.path) == list(ref.path)
+    assert list(got.columns) == ["path", "label", "pca_features", "nearest_classes", "nearest_distances"]
+    a, b = np.stack(got.pca_features), np.stack(ref.pca_features)
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+    assert rel.max() <= 1e-6, rel.max()
+    assert {len(v) for v in got.nearest_classes} == {3}
+    proj = res.manifest["projection"]
+    assert res.manifest["kind"] == "projection" and proj["run_id"] == sample_run.manifest["run_id"]
+    hits = np.mean([n[0] == lb for n, lb in zip(got.nearest_classes, got.label)])
+    assert proj["nearest_class_accuracy"] == pytest.approx(hits) and proj["known_class_rows"] == len(got)
+    assert res.manifest["pca"]["k"] == sample_run.pca.k
+
+
+@pytest.mark.slow
+def test_project_held_out_images_and_refuse_other_weights(spark, sample_dir, tmp_path):
+    files = image_files(sample_dir)
+    train, held = tmp_path / "train", tmp_path / "held"
+    for i, f in enumerate(files):  # sorted by class then name: every 4th image of each class is held out
+        dest = held if i % 4 == 0 else train
+        (dest / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (dest / f.parent.name / f.name).write_bytes(f.read_bytes())
+    n_held = len(image_files(held))
+    assert 0 < n_held < len(files)
+    run = pipeline.run(str(train), str(tmp_path / "run"), weights="offline", k=10, spark=spark)
+    res = pipeline.project(run.output, str(held), str(tmp_path / "proj"), spark=spark)
+    proj = res.manifest["projection"]
+    assert proj["known_class_rows"] == n_held and proj["classes"] == 8
+    assert proj["nearest_class_accuracy"] > 2 / 8, proj  # well above chance (1/8), even with offline weights
+    with pytest.raises(ParameterError, match="sha256=.*Fix: pass the weights the run used"):
+        pipeline.project(run.output, str(held), str(tmp_path / "proj2"), weights="offline", seed=3, spark=spark)
+    assert not (tmp_path / "proj2" / "manifest.json").exists()

@@ -23,11 +23,11 @@ import pytest
 from PIL import Image
 
 from p8utils import pipeline
-from p8utils.errors import ParameterError
+from p8utils.errors import OutputBusyError, ParameterError
 from p8utils.featurize import featurize_bytes
 
 from .conftest import ROOT, image_files
-from .spark_cluster import children, cmdline, descendants
+from .harness.spark_cluster import children, cmdline, descendants
 
 EXTS = ("jpg", "jpeg", "png")
 
@@ -184,9 +184,10 @@ def test_no_images_and_missing_input_fail_fast(tmp_path):
     (tmp_path / "only text" / "Class").mkdir(parents=True)
     (tmp_path / "only text" / "Class" / "a.txt").write_text("x")
     with pytest.raises(ParameterError, match="holds no image"):
-        pipeline.validate_params(str(tmp_path / "only text"), str(tmp_path / "o"), weights="offline")
+        pipeline.run(str(tmp_path / "only text"), str(tmp_path / "o"), weights="offline")
     with pytest.raises(ParameterError, match="does not exist"):
-        pipeline.validate_params(str(tmp_path / "nope"), str(tmp_path / "o"), weights="offline")
+        pipeline.run(str(tmp_path / "nope"), str(tmp_path / "o"), weights="offline")
+    assert not (tmp_path / "o").exists()
 
 
 # --------------------------------------------------------------------------- runs that do not lose data
@@ -319,9 +320,12 @@ def test_killed_run_leaves_previous_output_intact(spark, sample_dir, bigger_inpu
     pd.testing.assert_frame_equal(after["features"], before["features"])
     pd.testing.assert_frame_equal(after["pca"], before["pca"])
 
-    # the next run cleans the leftovers and completes
+    # the killed run's lease is still there; the next run takes it over, cleans its leftovers and completes
+    dead = json.loads((out / "_lease.json").read_text())
+    assert dead["pid"] == proc.pid
     res = pipeline.run(str(sample_dir), str(out), weights="offline", k=3, mode="overwrite", spark=spark)
     assert res.manifest["counts"]["total"] == len(image_files(sample_dir))
+    assert res.manifest["lease"]["took_over"] == dead["run_id"]
     assert sorted(p.name for p in out.iterdir()) == ["features", "manifest.json", "pca"]
 
 
@@ -356,3 +360,277 @@ def test_task_retried_after_python_worker_dies(bigger_input, tmp_path):
     assert feats.error.isna().all()
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["total"] == m["counts"]["ok"] == len(expected)
+
+
+# --------------------------------------------------------------------------- one row per listed file, always
+
+
+def _rows(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "features").set_index("path")
+
+
+def _assert_manifest_matches_data(out: Path) -> dict:
+    m = json.loads((out / "manifest.json").read_text())
+    feats = pd.read_parquet(out / "features")
+    assert feats.path.is_unique and len(feats) == m["counts"]["total"]
+    assert int(feats.error.isna().sum()) == m["counts"]["ok"]
+    assert feats.error.dropna().value_counts().to_dict() == m["counts"]["failed_by_reason"]
+    assert len(pd.read_parquet(out / "pca")) == m["counts"]["ok"]
+    return m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["batch", "interactive"])
+def test_two_runs_into_one_output_the_second_is_refused(spark, bigger_input, tmp_path, first):
+    """A papermill/CLI batch and a notebook user on one output: whoever comes second is refused at once."""
+    import threading
+
+    out = tmp_path / "o"
+    n = len(image_files(bigger_input))
+    args = ["--input", str(bigger_input), "--output", str(out), "--weights", "offline", "--k", "3",
+            "--master", "local[2]", "--images-per-partition", "27"]
+    if first == "batch":
+        proc = _cli(args)
+        try:
+            _wait_for(lambda: (out / "_staging").exists(), 240, "the batch run to start staging")
+            started = time.time()
+            with pytest.raises(OutputBusyError, match=f"pid {proc.pid}") as info:
+                pipeline.run(str(bigger_input), str(out), weights="offline", k=3, mode="overwrite", spark=spark)
+            assert time.time() - started < 5, "the refusal must come before any Spark job"
+            assert "Nothing was written" in str(info.value)
+            _, stderr = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        assert proc.returncode == 0, stderr[-3000:]
+    else:
+        box: dict = {}
+        thread = threading.Thread(target=lambda: box.update(result=pipeline.run(
+            str(bigger_input), str(out), weights="offline", k=3, images_per_partition=27, spark=spark)))
+        thread.start()
+        try:
+            _wait_for(lambda: (out / "_staging").exists(), 240, "the notebook run to start staging")
+            second = subprocess.run([sys.executable, "-m", "p8utils", "run", *args, "--mode", "overwrite"],
+                                    capture_output=True, text=True, timeout=120, cwd=ROOT,
+                                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        finally:
+            thread.join(600)
+        assert second.returncode == 3, second.stderr[-2000:]
+        assert "is in use by run" in second.stderr and f"pid {os.getpid()}" in second.stderr
+        assert "at org.apache" not in second.stderr and "Traceback" not in second.stderr, "a raw stack trace"
+        assert "result" in box, "the first run did not complete"
+    m = _assert_manifest_matches_data(out)
+    assert m["counts"]["total"] == m["counts"]["ok"] == n
+    assert sorted(p.name for p in out.iterdir()) == ["features", "manifest.json", "pca"]
+
+
+@pytest.mark.parametrize("reader", ["python", "spark"])
+def test_files_that_vanish_after_listing_become_missing_rows(spark, sample_dir, tmp_path, monkeypatch, reader):
+    from p8utils import images
+
+    src = tmp_path / "in"
+    _copy_sample(sample_dir, src, image_files(sample_dir)[:24])
+    doomed = sorted(src.rglob("*.jpg"))[::4]
+    original = images.list_images
+
+    def list_then_clean(*args, **kwargs):  # an ingestion job cleaning its landing folder right after our listing
+        listing = original(*args, **kwargs)
+        for f in doomed:
+            f.unlink()
+        return listing
+
+    monkeypatch.setattr(images, "list_images", list_then_clean)
+    res = pipeline.run(str(src), str(tmp_path / "out"), weights="offline", k=3, reader=reader, spark=spark)
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == 24
+    for f in doomed:
+        assert rows.loc[f"file:{f}"].error == "missing" and rows.loc[f"file:{f}"].features is None
+    assert res.manifest["counts"]["failed_by_reason"] == {"missing": len(doomed)}
+    _assert_manifest_matches_data(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_files_deleted_during_featurization(bigger_input, tmp_path):
+    """A real concurrent delete while the Python workers featurize: exit 0, one row per listed file."""
+    src = tmp_path / "in"
+    shutil.copytree(bigger_input, src)
+    files = sorted(src.rglob("*.jpg"))
+    out = tmp_path / "o"
+    proc = _cli(["--input", str(src), "--output", str(out), "--weights", "offline", "--k", "3",
+                 "--master", "local[2]", "--images-per-partition", "27"])
+    try:
+        _wait_for(lambda: (out / "_staging").exists() and any(
+            "pyspark.daemon" in cmdline(p) for p in descendants(proc.pid)), 240, "featurization to start")
+        time.sleep(1)
+        deleted = files[1::2]
+        for f in deleted:
+            f.unlink()
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 0, stderr[-3000:]
+    rows = _rows(out)
+    assert set(rows.index) == {f"file:{f}" for f in files}, "every listed file has its row"
+    for f in deleted:
+        row = rows.loc[f"file:{f}"]
+        assert row.error == "missing" or (row.error is None and len(row.features) == 1280), row.error
+    m = _assert_manifest_matches_data(out)
+    assert m["counts"]["failed_by_reason"].get("missing", 0) > 0, "no delete hit an unread file: test proves nothing"
+    assert "SparkFileNotFoundException" not in stderr
+
+
+def test_links_colons_odd_names_and_folders_spark_cannot_list(spark, sample_dir, tmp_path):
+    src = tmp_path / "in"
+    good = image_files(sample_dir)[:6]
+    _copy_sample(sample_dir, src, good)
+    cls = src / good[0].parent.name
+    (cls / "e:f.jpg").write_bytes(good[0].read_bytes())  # Hadoop: "Relative path in absolute URI"
+    (cls / "broken link.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (cls / "good link.jpg").symlink_to(good[1])
+    os.mkfifo(cls / "a fifo.jpg")  # never opened: it would block
+    (cls / "folder.jpg").mkdir()  # a folder named like an image is a folder
+    undecodable = os.fsencode(str(cls)) + b"/caf\xe9.jpg"
+    with open(undecodable, "wb") as fh:
+        fh.write(good[2].read_bytes())
+    (src / "Loop").mkdir()
+    (src / "Loop" / "again").symlink_to(src, target_is_directory=True)
+    res = pipeline.run(str(src), str(tmp_path / "out"), weights="offline", k=3, spark=spark)
+    rows = _rows(tmp_path / "out")
+    assert rows.loc[f"file:{cls}/e:f.jpg"].error is None and len(rows.loc[f"file:{cls}/e:f.jpg"].features) == 1280
+    np.testing.assert_allclose(rows.loc[f"file:{cls}/e:f.jpg"].features,
+                               rows.loc[f"file:{cls}/{good[0].name}"].features, rtol=1e-5, atol=1e-6)
+    assert rows.loc[f"file:{cls}/good link.jpg"].error is None
+    assert rows.loc[f"file:{cls}/broken link.jpg"].error == "unreadable"
+    assert rows.loc[f"file:{cls}/a fifo.jpg"].error == "unreadable"
+    assert rows.loc[f"file:{cls}/caf\\xe9.jpg"].error == "bad_name"
+    assert len(rows) == 6 + 5
+    m = _assert_manifest_matches_data(tmp_path / "out")
+    assert m["counts"]["failed_by_reason"] == {"bad_name": 1, "unreadable": 2}
+    assert [u["reason"] for u in m["unlisted"]] == ["symlink_loop"] and m["unlisted"][0]["path"].endswith("/again")
+    assert any("could not be listed" in w for w in res.manifest["warnings"])
+
+
+def test_a_row_lost_between_write_and_commit_is_caught(spark, sample_dir, tmp_path, monkeypatch):
+    from p8utils import runs
+    from p8utils.errors import RunCheckError
+
+    out = tmp_path / "o"
+    pipeline.run(str(sample_dir), str(out), weights="offline", k=3, spark=spark)
+    before = _snapshot(out)
+    original = runs.ActiveRun.write_features
+
+    def lossy(self, table, *, append=False):
+        original(self, table, append=append)
+        victim = sorted(Path(self.staged.features).glob("part-*.parquet"))[0]
+        victim.unlink()  # e.g. a storage layer that lost an object
+        return self.staged_features(table.sparkSession)
+
+    monkeypatch.setattr(runs.ActiveRun, "write_features", lossy)
+    with pytest.raises(RunCheckError, match="listed files") as info:
+        pipeline.run(str(sample_dir), str(out), weights="offline", k=3, mode="overwrite", spark=spark)
+    assert "no row" in str(info.value) and "unchanged" in str(info.value)
+    after = _snapshot(out)
+    assert after["manifest"] == before["manifest"]
+    pd.testing.assert_frame_equal(after["features"], before["features"])
+    assert sorted(p.name for p in out.iterdir()) == ["features", "manifest.json", "pca"], "no leftovers, no lease"
+
+
+# --------------------------------------------------------------------------- incremental runs cost what is new
+
+
+def _parts(out: Path) -> dict:
+    """{part file name: (inode, mtime_ns)} of the committed features."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "features").glob("part-*")}
+
+
+def _table_of(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "features").sort_values("path").reset_index(drop=True)
+
+
+def _assert_same_table(inc: pd.DataFrame, full: pd.DataFrame) -> None:
+    assert list(inc.path) == list(full.path) and inc.path.is_unique
+    assert list(inc.error.fillna("")) == list(full.error.fillna(""))
+    for a, b, p in zip(inc.features, full.features, inc.path):
+        assert (a is None and b is None) or np.array_equal(a, b), p
+
+
+@pytest.mark.slow
+def test_incremental_runs_append_replace_delete_and_compact(spark, sample_dir, tmp_path, monkeypatch):
+    """Several successive incremental runs, then a compaction: always exactly the full run's table."""
+    from p8utils import pipeline as pl
+
+    files = image_files(sample_dir)
+    src, out = tmp_path / "in", tmp_path / "out"
+    _copy_sample(sample_dir, src, files[:40])
+    args = dict(weights="offline", k=3, mode="incremental", images_per_partition=8, spark=spark)
+    pipeline.run(str(src), str(out), **args)
+    first = _parts(out)
+
+    # 1. append 8 files: every committed file stays untouched, new files join them
+    _copy_sample(sample_dir, src, files[40:48])
+    r = pipeline.run(str(src), str(out), **args)
+    assert (r.manifest["counts"]["featurized"], r.manifest["counts"]["reused"]) == (8, 40)
+    assert r.manifest["incremental"] == {"files_kept": len(first), "files_rewritten": 0, "compacted": False}
+    now = _parts(out)
+    assert {k: now[k] for k in first} == first, "kept part files were rewritten"
+    assert len(now) > len(first)
+
+    # 2. replace one file's content and delete two: only the files holding their rows are rewritten
+    changed = src / files[0].parent.name / files[0].name
+    changed.write_bytes(files[-1].read_bytes())
+    os.utime(changed, (time.time() + 5, time.time() + 5))
+    for f in files[5:7]:
+        (src / f.parent.name / f.name).unlink()
+    before = _parts(out)
+    r = pipeline.run(str(src), str(out), **args)
+    c = r.manifest["counts"]
+    assert (c["total"], c["featurized"], c["reused"], c["removed"]) == (46, 1, 45, 3)
+    rewritten = r.manifest["incremental"]["files_rewritten"]
+    assert 1 <= rewritten <= 3 and len(set(before) - set(_parts(out))) == rewritten
+    full = pipeline.run(str(src), str(tmp_path / "full"), weights="offline", k=3, spark=spark)
+    _assert_same_table(_table_of(out), _table_of(tmp_path / "full"))
+    np.testing.assert_allclose(r.pca.explained_variance, full.pca.explained_variance, rtol=1e-6, atol=1e-12)
+
+    # 3. past the file-count bound the next run compacts: a full rewrite, same table
+    monkeypatch.setattr(pl, "max_feature_files", lambda *a: 1)
+    _copy_sample(sample_dir, src, files[48:50])
+    r = pipeline.run(str(src), str(out), **args)
+    assert r.manifest["incremental"]["compacted"] is True
+    assert len(_parts(out)) <= max(2, -(-48 // 8)) + 2
+    full = pipeline.run(str(src), str(tmp_path / "full"), weights="offline", k=3, mode="overwrite", spark=spark)
+    _assert_same_table(_table_of(out), _table_of(tmp_path / "full"))
+    _assert_manifest_matches_data(out)
+
+
+@pytest.mark.slow
+def test_killed_incremental_run_leaves_the_previous_output_intact(spark, sample_dir, bigger_input, tmp_path):
+    out = tmp_path / "o"
+    src = tmp_path / "in"
+    _copy_sample(sample_dir, src, image_files(sample_dir))
+    pipeline.run(str(src), str(out), weights="offline", k=3, mode="incremental", spark=spark)
+    before = _snapshot(out)
+    parts = _parts(out)
+    for f in image_files(bigger_input)[:160]:  # enough new work to be killed in the middle of
+        (src / f.parent.name).mkdir(exist_ok=True)
+        shutil.copy(f, src / f.parent.name / f"new_{f.name}")
+    proc = _cli(["--input", str(src), "--output", str(out), "--weights", "offline", "--k", "3",
+                 "--mode", "incremental", "--master", "local[2]", "--images-per-partition", "16"])
+    try:
+        _wait_for(lambda: (out / "_staging").exists() and any(
+            "pyspark.daemon" in cmdline(p) for p in descendants(proc.pid)), 240, "featurization to start")
+        time.sleep(2)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    after = _snapshot(out)
+    assert after["manifest"] == before["manifest"] and _parts(out) == parts
+    pd.testing.assert_frame_equal(after["features"], before["features"])
+    r = pipeline.run(str(src), str(out), weights="offline", k=3, mode="incremental", spark=spark)
+    assert r.manifest["counts"]["featurized"] == 160 and r.manifest["lease"]["took_over"]
+    _assert_manifest_matches_data(out)

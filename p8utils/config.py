@@ -1,0 +1,251 @@
+"""The run parameters, declared once: :class:`RunConfig`.
+
+Each field of :class:`RunConfig` carries its type, default, allowed values
+and help text. Everything else derives from it: :func:`p8utils.pipeline.run`
+takes a ``RunConfig``; the command line (``python -m p8utils run``) is
+generated from the fields (:func:`p8utils.cli.build_parser`); the manifest's
+``parameters`` are :meth:`RunConfig.to_manifest`; the notebooks' parameters
+cells are tested against the fields (same names, types, help). Adding an
+option means adding a field here, plus its use.
+
+Examples
+--------
+>>> from p8utils.config import RunConfig
+>>> config = RunConfig(input="data_sample", output="runs/demo", weights="offline")
+>>> config.variance, config.k           # no k given: the variance target chooses k
+(0.95, None)
+>>> RunConfig(input="data_sample", output="runs/demo", k=0)  # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+ParameterError: k=0 is not valid: it must be a positive integer or None. Fix: e.g. k=50.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from p8utils import storage
+from p8utils.engines import DEFAULT_ENGINE, ENGINES
+from p8utils.errors import ParameterError
+from p8utils.featurize import DEFAULT_BATCH_SIZE
+from p8utils.images import (
+    DEFAULT_EXTENSIONS,
+    DEFAULT_IMAGES_PER_PARTITION,
+    DEFAULT_MAX_PIXELS,
+    READERS,
+    normalise_extensions,
+)
+from p8utils.models import DEFAULT_IMAGE_SIZE, IMAGE_SIZES, MODELS, WEIGHT_MODES, get_spec
+from p8utils.pca import DEFAULT_VARIANCE, check_pca_params
+from p8utils.validation import check_choice, check_int
+
+__all__ = ["MODES", "REQUIRED", "Parameter", "RunConfig", "parameters"]
+
+#: What to do when the output folder already holds something: refuse, replace
+#: it, or featurize only the files that are new or changed since that run.
+MODES: Tuple[str, ...] = ("error", "overwrite", "incremental")
+
+
+def _param(help: str, *, choices: Optional[Callable[[], Sequence[Any]]] = None, kind: str = "str",
+           group: Optional[str] = None, check: Optional[Callable[[str, Any], Any]] = None) -> Dict[str, Any]:
+    """Field metadata of a run parameter (see :class:`Parameter`)."""
+    return {"help": help, "choices": choices, "kind": kind, "group": group, "check": check}
+
+
+def _check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(f"{name}={value!r} is empty or not a string. Fix: pass a folder path or a URI.")
+    return value.strip()
+
+
+def _check_weights(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(f"{name}={value!r} is not valid. Fix: pass one of {list(WEIGHT_MODES)} "
+                             "or the path/URI of a weights file.")
+    return value.strip()
+
+
+def _check_master(name: str, value: Any) -> Optional[str]:
+    if value is None or (isinstance(value, str) and value.strip()):
+        return None if value is None else value.strip()
+    raise ParameterError(f"{name}={value!r} is not valid. Fix: e.g. 'local[2]', 'spark://host:7077' or None.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every parameter of a pipeline run, checked when the object is made.
+
+    Help texts are single lines without ``=`` or ``#``: they are also the
+    comments of the notebooks' parameters cells, which papermill parses.
+
+    Raises
+    ------
+    ParameterError
+        A parameter is wrong; the message names it, the bad value and the fix.
+        No Spark job has started.
+    """
+
+    input: str = field(metadata=_param(
+        "images: folder or URI (s3://bucket/prefix) holding one sub-folder per class (the label is the folder name)",
+        check=_check_text))
+    output: str = field(metadata=_param(
+        "run folder or URI for features/, pca/, manifest.json (and the notebooks' figures/)", check=_check_text))
+    model: str = field(default="mobilenet_v2", metadata=_param(
+        "feature extractor: mobilenet_v2 (1280 features) or resnet50 (2048)", choices=lambda: sorted(MODELS),
+        check=lambda n, v: get_spec(v).name))
+    weights: str = field(default="imagenet", metadata=_param(
+        "'imagenet' (Keras download/cache; an error naming the remedy when unreachable), 'offline' (seeded "
+        "weights with BatchNorm recalibrated on fruit images: deterministic, NOT ImageNet, tests/demos only), "
+        "'auto' (imagenet if reachable, else offline with a loud warning) or a path/URI of a Keras .h5 file",
+        check=_check_weights))
+    engine: str = field(default=DEFAULT_ENGINE, metadata=_param(
+        "inference engine: 'tflite' (the model converted once on the driver, run with XNNPACK) or 'keras' "
+        "(TensorFlow tf.function); features agree within 1e-4 relative", choices=lambda: list(ENGINES)))
+    image_size: int = field(default=DEFAULT_IMAGE_SIZE, metadata=_param(
+        "side of the square model input in pixels (images are resized to it): MobileNetV2 has ImageNet weights at "
+        "each allowed size (96 and 128 are near the 100 px Fruits-360 photos and faster); resnet50: 224 only",
+        kind="int", choices=lambda: IMAGE_SIZES))
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_param(
+        "images per model call, 1 to 4096 (memory about 0.6 MB per image)", kind="int",
+        check=lambda n, v: check_int(n, v, 1, 4096, example=DEFAULT_BATCH_SIZE)))
+    k: Optional[int] = field(default=None, metadata=_param(
+        "principal components to keep (1 to the feature width); None: the variance target chooses k",
+        kind="int", group="pca", check=lambda n, v: check_int(n, v, 1, optional=True, example=50)))
+    variance: Optional[float] = field(default=None, metadata=_param(
+        f"keep the smallest k whose cumulative explained variance reaches this fraction in (0, 1]; "
+        f"None with k None: {DEFAULT_VARIANCE}", kind="float", group="pca"))
+    seed: int = field(default=0, metadata=_param(
+        "seed of the offline weights (and of the 'auto' fallback)", kind="int",
+        check=lambda n, v: check_int(n, v, 0, example=0)))
+    mode: str = field(default="error", metadata=_param(
+        "if the output is not empty: 'error' refuses (safe default), 'overwrite' replaces it, 'incremental' "
+        "featurizes only new or changed files (key: path + size + mtime) and refits PCA on the whole table",
+        choices=lambda: MODES))
+    extensions: Tuple[str, ...] = field(default=DEFAULT_EXTENSIONS, metadata=_param(
+        "file extensions that count as images, case-insensitive (CLI: comma-separated)", kind="list",
+        check=lambda n, v: normalise_extensions(v)))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=_param(
+        "images declaring more pixels are reported as error 'too_large', never decoded", kind="int",
+        check=lambda n, v: check_int(n, v, 1, example=DEFAULT_MAX_PIXELS)))
+    images_per_partition: int = field(default=DEFAULT_IMAGES_PER_PARTITION, metadata=_param(
+        "target images per Spark task: fewer, larger tasks amortise the per-task cost; never fewer tasks than "
+        "cores", kind="int", check=lambda n, v: check_int(n, v, 1, example=DEFAULT_IMAGES_PER_PARTITION)))
+    reader: str = field(default="auto", metadata=_param(
+        "how files are listed and read: 'python' (local folders: os.scandir, each Python worker reads its files), "
+        "'spark' (Spark's file index and binaryFile source: any Hadoop filesystem), 'auto' (python for local "
+        "inputs, spark for URIs)", choices=lambda: READERS))
+    master: Optional[str] = field(default=None, metadata=_param(
+        "Spark master of a new session, e.g. local[2] or spark://host:7077 (None: local[*]); ignored when a "
+        "session exists (spark-submit, Livy)", check=_check_master))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if meta["check"] is not None:  # its own message first (e.g. model: "is not supported")
+                object.__setattr__(self, f.name, meta["check"](f.name, value))
+            elif meta["choices"] is not None:
+                check_choice(f.name, value, meta["choices"]())
+        if self.k is None and self.variance is None:
+            object.__setattr__(self, "variance", DEFAULT_VARIANCE)
+        check_pca_params(self.k, self.variance, get_spec(self.model, self.image_size).width)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> RunConfig:
+        """Build a config from the entries of ``values`` that are parameter names.
+
+        Parameters
+        ----------
+        values : mapping
+            E.g. a notebook's ``globals()`` after papermill injected its
+            parameters; other keys are ignored.
+        **overrides
+            Values that replace those of ``values`` (e.g. resolved paths).
+
+        Returns
+        -------
+        RunConfig
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        merged = {k: v for k, v in values.items() if k in names}
+        merged.update(overrides)
+        return cls(**merged)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a copy with ``changes`` applied (checked again)."""
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if "k" in changes and changes["k"] is not None and "variance" not in changes:
+            current["variance"] = None
+        current.update(changes)
+        return RunConfig(**current)
+
+    @classmethod
+    def names(cls) -> Tuple[str, ...]:
+        """Return the parameter names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def is_local(self) -> bool:
+        """True when both input and output are local paths (checked without a JVM)."""
+        return storage.is_local(self.input) and storage.is_local(self.output)
+
+    def to_manifest(self) -> Dict[str, Any]:
+        """Return the parameters as JSON-ready values (the manifest's ``parameters``)."""
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """The description of one run parameter, read from :class:`RunConfig`'s fields.
+
+    Attributes
+    ----------
+    name : str
+        Field name (CLI flag ``--name-with-dashes``).
+    kind : str
+        ``"str"``, ``"int"``, ``"float"`` or ``"list"`` (of strings).
+    default : Any
+        Default value; :data:`REQUIRED` for ``input`` and ``output``.
+    help : str
+        One line.
+    choices : tuple or None
+        Allowed values, when the parameter is an enumeration.
+    group : str or None
+        Parameters sharing a group are mutually exclusive (``k`` / ``variance``).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: Optional[Tuple[Any, ...]]
+    group: Optional[str]
+
+    @property
+    def required(self) -> bool:
+        """True when the parameter has no default."""
+        return self.default is REQUIRED
+
+
+#: Default of a parameter that has none (``input``, ``output``).
+REQUIRED = dataclasses.MISSING
+
+
+def parameters() -> Tuple[Parameter, ...]:
+    """Describe every run parameter, in declaration order.
+
+    Returns
+    -------
+    tuple of Parameter
+    """
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        choices = tuple(meta["choices"]()) if meta["choices"] is not None else None
+        out.append(Parameter(f.name, meta["kind"], f.default, meta["help"], choices, meta["group"]))
+    return tuple(out)

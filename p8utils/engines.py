@@ -1,0 +1,377 @@
+"""Inference engines behind one interface: a payload made once on the driver, a predictor per worker.
+
+An :class:`Engine` has two halves:
+
+``prepare(bundle, calibration) -> payload``
+    Runs on the driver, once per weights (cached here): what is broadcast to
+    the executors. ``keras``: the weight arrays; ``tflite``: the flatbuffer of
+    the model converted with TensorFlow's TFLite converter. An engine with
+    ``calibrated=True`` receives ``calibration``, a batch of preprocessed input
+    images (float32 ``(n, h, w, 3)``) chosen from the run's input; the others
+    receive None.
+``build(spec, payload, threads) -> predictor``
+    Runs in a Python worker, once (:mod:`p8utils.featurize` caches the
+    result per worker): a function from a preprocessed batch, float32
+    ``(n, h, w, 3)``, to features, float32 ``(n, spec.width)``.
+
+The featurization UDF, ``python -m p8utils check`` and the benchmark all go
+through :func:`get_engine`, so they measure and run the same code.
+
+Examples
+--------
+>>> from p8utils import engines, models                      # doctest: +SKIP
+>>> bundle = models.load_weights("mobilenet_v2", "offline")  # doctest: +SKIP
+>>> engine = engines.get_engine("tflite")                    # doctest: +SKIP
+>>> predict = engine.build(bundle.spec, engines.payload(bundle, "tflite"), 2)  # doctest: +SKIP
+>>> predict(np.zeros((4, 224, 224, 3), np.float32)).shape    # doctest: +SKIP
+(4, 1280)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from p8utils.errors import ParameterError
+from p8utils.models import ModelSpec, WeightsBundle, build_model
+
+__all__ = ["CALIBRATION_IMAGES", "DEFAULT_ENGINE", "ENGINES", "Engine", "Predictor", "cache_dir", "calibration_digest",
+           "get_engine", "payload"]
+
+log = logging.getLogger(__name__)
+
+#: ``predictor(batch)``: float32 ``(n, h, w, 3)`` preprocessed images → float32 ``(n, width)`` features.
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way to run the feature extractor.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``--engine``).
+    description : str
+        One line for ``--help``.
+    prepare : callable
+        ``prepare(bundle, calibration) -> payload`` on the driver; the payload
+        is pickled into a broadcast variable.
+    build : callable
+        ``build(spec, payload, threads) -> Predictor`` in a worker.
+    calibrated : bool
+        The engine needs calibration images from the input (e.g. int8
+        quantization); :func:`payload` then requires them.
+    """
+
+    name: str
+    description: str
+    prepare: Callable[[WeightsBundle, Optional[np.ndarray]], object] = field(repr=False)
+    build: Callable[[ModelSpec, object, int], Predictor] = field(repr=False)
+    calibrated: bool = False
+
+
+def _configure_tf_threads(threads: int) -> None:
+    """Pin TensorFlow's thread pools to ``threads`` (before TF initialises)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TF already initialised in this process: keep its pools
+        log.debug("TensorFlow threads already configured")
+
+
+def _keras_prepare(bundle: WeightsBundle, calibration: Optional[np.ndarray] = None) -> object:
+    return bundle.arrays
+
+
+def _keras_build(spec: ModelSpec, arrays: object, threads: int) -> Predictor:
+    """Build the Keras model once; a compiled ``tf.function`` with a fixed input signature."""
+    _configure_tf_threads(threads)
+    import tensorflow as tf
+
+    model = build_model(spec, arrays)  # type: ignore[arg-type]
+    w, h = spec.input_size
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
+        reduce_retracing=True,
+    )
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return fn(tf.constant(batch)).numpy().astype(np.float32, copy=False)
+
+    return predict
+
+
+def _tflite_prepare(bundle: WeightsBundle, calibration: Optional[np.ndarray] = None) -> object:
+    """Convert the Keras model to a TFLite flatbuffer (float32, TensorFlow's converter)."""
+    import tensorflow as tf
+
+    model = build_model(bundle.spec, bundle.arrays)
+    return _quietly(lambda: tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+def _quietly(convert: Callable[[], bytes]) -> bytes:
+    """Run a TFLite conversion with its console dump (hundreds of ``TensorSpec`` lines) sent to the log."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        flatbuffer = convert()
+    log.debug("TFLite converter output:\n%s", printed.getvalue())
+    return flatbuffer
+
+
+def _tflite_interpreter_class():  # noqa: ANN202 - an Interpreter class
+    """LiteRT's interpreter if installed (no TensorFlow import), else TensorFlow's."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter
+
+
+def _tflite_build(spec: ModelSpec, flatbuffer: object, threads: int) -> Predictor:
+    """TFLite interpreters (XNNPACK, ``threads`` threads) for the flatbuffer.
+
+    Resizing an interpreter's input re-plans the XNNPACK runtime, so one
+    interpreter keeps the size of full batches and a second one serves the
+    shorter last chunk of a partition.
+    """
+    w, h = spec.input_size
+    interpreters: Dict[str, List] = {}
+    full = {"n": 0}
+
+    def run(slot: str, batch: np.ndarray) -> np.ndarray:
+        n = int(batch.shape[0])
+        if slot not in interpreters:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+                it = _tflite_interpreter_class()(model_content=flatbuffer, num_threads=threads)
+            interpreters[slot] = [it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"], -1]
+        entry = interpreters[slot]
+        it, inp, out, allocated = entry
+        if allocated != n:
+            it.resize_tensor_input(inp, [n, h, w, 3])
+            it.allocate_tensors()
+            entry[3] = n
+        it.set_tensor(inp, np.ascontiguousarray(batch, dtype=np.float32))
+        it.invoke()
+        return it.get_tensor(out).copy()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        n = int(batch.shape[0])
+        full["n"] = max(full["n"], n)
+        return run("full" if n == full["n"] else "tail", batch)
+
+    return predict
+
+
+#: Converter recipe of ``tflite-int8``, part of its disk-cache key: change it when the conversion changes.
+_INT8_RECIPE = "int8-ptq/per-channel/builtins-int8/float-io/v1"
+
+
+def cache_dir() -> str:
+    """Folder of converted TFLite models: ``$P8UTILS_CACHE/tflite``, default ``~/.cache/p8utils/tflite``."""
+    root = os.environ.get("P8UTILS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "p8utils")
+    return os.path.join(root, "tflite")
+
+
+def _int8_cache_path(bundle: WeightsBundle, calibration: np.ndarray, tf_version: str) -> str:
+    """Cache file of an int8 model: SHA-256 of weights, input size, calibration set, TensorFlow version, recipe."""
+    w, h = bundle.spec.input_size
+    key = "\n".join([bundle.sha256, bundle.spec.name, f"{w}x{h}", calibration_digest(calibration), tf_version,
+                     _INT8_RECIPE])
+    return os.path.join(cache_dir(), hashlib.sha256(key.encode()).hexdigest() + ".tflite")
+
+
+def _read_cached(path: str) -> Optional[bytes]:
+    """Return the flatbuffer at ``path`` if whole (its SHA-256 equals the ``.sha256`` file next to it), else None."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        with open(path + ".sha256", encoding="ascii") as fh:
+            expected = fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if data[4:8] != b"TFL3" or hashlib.sha256(data).hexdigest() != expected:
+        log.warning("ignoring a corrupt or partial cached model %s: it is rebuilt", path)
+        return None
+    return data
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_cached(path: str, flatbuffer: bytes) -> None:
+    """Store a converted model and its SHA-256 (model first: a reader trusts the pair only when they agree)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_atomically(path, flatbuffer)
+        _write_atomically(path + ".sha256", hashlib.sha256(flatbuffer).hexdigest().encode("ascii"))
+    except OSError as exc:  # a read-only home: convert again next time, do not fail the run
+        log.warning("could not cache the int8 model in %s (%s): set P8UTILS_CACHE to a writable folder to keep it",
+                    os.path.dirname(path), exc)
+
+
+def _int8_convert(bundle: WeightsBundle, calibration: np.ndarray) -> bytes:
+    """Full-integer post-training quantization with TensorFlow's converter.
+
+    Weights int8 per output channel, activations int8 with ranges measured on
+    ``calibration`` (one image per step), int8 kernels only
+    (``TFLITE_BUILTINS_INT8``); the input and output tensors stay float32 (the
+    model quantizes its input and dequantizes its features itself).
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(build_model(bundle.spec, bundle.arrays))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([calibration[i: i + 1]] for i in range(len(calibration)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the input is float, on purpose
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
+        return _quietly(converter.convert)
+
+
+def _int8_prepare(bundle: WeightsBundle, calibration: Optional[np.ndarray] = None) -> object:
+    """Return the int8 flatbuffer of ``bundle`` calibrated on ``calibration`` (disk cache, else convert and cache).
+
+    Parameters
+    ----------
+    bundle : WeightsBundle
+    calibration : numpy.ndarray
+        Float32 ``(n, h, w, 3)`` preprocessed images at ``bundle.spec.input_size``.
+
+    Returns
+    -------
+    bytes
+        The flatbuffer (float32 input ``(n, h, w, 3)``, float32 output ``(n, width)``).
+
+    Raises
+    ------
+    ParameterError
+        ``calibration`` is missing, empty or not at the model's input size.
+    """
+    import tensorflow as tf
+
+    w, h = bundle.spec.input_size
+    calibration = None if calibration is None else np.ascontiguousarray(calibration, dtype=np.float32)
+    if calibration is None or calibration.ndim != 4 or calibration.shape[1:] != (h, w, 3) or len(calibration) == 0:
+        got = None if calibration is None else calibration.shape
+        raise ParameterError(f"calibration has shape {got}: engine='tflite-int8' needs preprocessed images of shape "
+                             f"(n, {h}, {w}, 3), n >= 1. Fix: decode images at the model's input size and pass "
+                             "spec.preprocess(images).")
+    path = _int8_cache_path(bundle, calibration, tf.__version__)
+    cached = _read_cached(path)
+    if cached is not None:
+        log.info("int8 model from the cache: %s", path)
+        return cached
+    log.info("converting to int8 on %d calibration images (cached as %s)", len(calibration), path)
+    flatbuffer = _int8_convert(bundle, calibration)
+    _write_cached(path, flatbuffer)
+    return flatbuffer
+
+
+#: The registered engines.
+ENGINES: Dict[str, Engine] = {
+    "keras": Engine("keras", "the Keras model in a compiled tf.function (TensorFlow in every worker)",
+                    _keras_prepare, _keras_build),
+    "tflite": Engine("tflite", "the same model converted once on the driver with TensorFlow's TFLite converter, "
+                               "run with XNNPACK (LiteRT when installed); equal to keras within 1e-4 relative",
+                     _tflite_prepare, _tflite_build),
+    "tflite-int8": Engine("tflite-int8", "full-integer post-training quantization (int8 weights and activations, "
+                                         "float input/output) calibrated on input images, converted once on the "
+                                         "driver and cached on disk, run with XNNPACK's quantized kernels",
+                          _int8_prepare, _tflite_build, calibrated=True),
+}
+
+#: Input images a calibrated engine receives (chosen deterministically from the listing by the pipeline).
+CALIBRATION_IMAGES = 200
+
+#: Engine used when none is given: tflite measured ~1.8x faster than keras here (``make bench``).
+DEFAULT_ENGINE = "tflite"
+
+
+def get_engine(name: str) -> Engine:
+    """Return the engine registered under ``name``.
+
+    Raises
+    ------
+    ParameterError
+        Unknown engine (the message lists the known ones).
+    """
+    try:
+        return ENGINES[name]
+    except (KeyError, TypeError):
+        raise ParameterError(f"engine={name!r} is not supported. Fix: use one of {list(ENGINES)}.") from None
+
+
+# Driver-side cache of prepared payloads: {(sha256, input size, engine, calibration digest): payload}; one entry,
+# the latest. The input size is part of the key: a weights file gives the same arrays at every size.
+_PAYLOADS: Dict[Tuple[str, Tuple[int, int], str, str], object] = {}
+
+
+def calibration_digest(calibration: Optional[np.ndarray]) -> str:
+    """SHA-256 of a calibration batch (dtype, shape and bytes); ``""`` for None."""
+    if calibration is None:
+        return ""
+    arr = np.ascontiguousarray(calibration)
+    return hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()).hexdigest()
+
+
+def payload(bundle: WeightsBundle, engine: str, calibration: Optional[np.ndarray] = None) -> object:
+    """Return ``engine``'s payload for ``bundle``, prepared once per weights on this driver.
+
+    Parameters
+    ----------
+    bundle : WeightsBundle
+        Resolved weights (:func:`p8utils.models.load_weights`).
+    engine : str
+        Key of :data:`ENGINES`.
+    calibration : numpy.ndarray, optional
+        Float32 ``(n, h, w, 3)`` preprocessed images for a calibrated engine
+        (ignored by the others).
+
+    Returns
+    -------
+    object
+        What to broadcast (weight arrays, or TFLite flatbuffer bytes).
+
+    Raises
+    ------
+    ParameterError
+        A calibrated engine without calibration images.
+    """
+    spec = get_engine(engine)
+    if spec.calibrated and calibration is None:
+        raise ParameterError(f"engine={engine!r} needs calibration images from the input. Fix: run it through "
+                             "p8utils.pipeline.run, or pass calibration=<float32 array (n, h, w, 3)>.")
+    key = (bundle.sha256, bundle.spec.input_size, engine, calibration_digest(calibration) if spec.calibrated else "")
+    if key not in _PAYLOADS:
+        prepared = spec.prepare(bundle, calibration if spec.calibrated else None)
+        _PAYLOADS.clear()
+        _PAYLOADS[key] = prepared
+    return _PAYLOADS[key]
