@@ -30,7 +30,7 @@ import pandas as pd
 
 from p8utils.engines import DEFAULT_ENGINE, Predictor, calibration_digest, get_engine, payload
 from p8utils.errors import ParameterError
-from p8utils.images import DEFAULT_MAX_PIXELS, decode_image, read_local_file
+from p8utils.images import DEFAULT_MAX_PIXELS, decode_image, read_file
 from p8utils.models import ModelSpec, WeightsBundle
 from p8utils.validation import check_int
 
@@ -83,7 +83,7 @@ def _featurize_frame(
     Parameters
     ----------
     contents : sequence of bytes, str or None
-        Encoded images, or paths of local files to read (:func:`p8utils.images.read_local_file`).
+        Encoded images, or paths of local files to read (:func:`p8utils.images.read_file`).
 
     Returns
     -------
@@ -107,7 +107,7 @@ def _featurize_frame(
         rows.clear()
 
     for i, item in enumerate(contents):
-        data, reason = read_local_file(item) if isinstance(item, str) else (item, None)
+        data, reason = read_file(item) if isinstance(item, str) else (item, None)
         arr, reason = (None, reason) if reason else decode_image(data, (w, h), max_pixels)
         if arr is None:
             errors[i] = reason

@@ -7,7 +7,7 @@ unreadable entries become rows with a reason); a Hadoop URI (``s3://`` on
 EMR) with Spark's file index. The label of an image is the name of its parent
 folder, kept exactly as it is on disk (spaces, unicode, ``%``, ``#``).
 
-Nothing here raises on bad data: :func:`read_local_file` and
+Nothing here raises on bad data: :func:`read_file` and
 :func:`decode_image` return either the bytes / a ``uint8`` array or a short
 reason from :data:`ERROR_REASONS`.
 """
@@ -49,7 +49,10 @@ __all__ = [
     "list_images",
     "load_images",
     "normalise_extensions",
-    "read_local_file",
+    "FILE_LIST_SUFFIXES",
+    "is_file_list",
+    "load_listed",
+    "read_file",
     "resolve_reader",
     "task_count",
 ]
@@ -91,6 +94,11 @@ TRANSIENT_REASONS: Tuple[str, ...] = ("missing", "unreadable")
 #: source (any Hadoop filesystem: ``s3://``, ``hdfs://``); ``auto`` is
 #: ``python`` for local inputs and ``spark`` otherwise.
 READERS: Tuple[str, ...] = ("auto", "python", "spark")
+
+#: An input ending like this is a file list (an input manifest, e.g. converted from S3 Inventory) instead of a
+#: folder: one row per file, column ``path`` (local path or URI; relative local paths are taken from the
+#: list's folder), optional ``label`` (default: the parent folder name).
+FILE_LIST_SUFFIXES: Tuple[str, ...] = (".csv", ".csv.gz", ".parquet")
 
 #: Columns of a listing (:func:`list_images`): one row per listed file.
 LISTING_COLUMNS: Tuple[str, ...] = ("path", "label", "length", "modificationTime", "error")
@@ -166,6 +174,11 @@ def check_input(
     exts = normalise_extensions(extensions)
     if not path:
         raise ParameterError("input is empty. Fix: pass the folder of images (one sub-folder per class).")
+    if is_file_list(path):
+        if not storage.exists(path, spark):  # a file, or a folder of parquet files named like one
+            raise ParameterError(f"input={path!r}: no such file list. Fix: pass an existing .csv or .parquet "
+                                 "file with a 'path' column (see README, 'Big inputs').")
+        return
     if storage.is_local(path):
         local = storage.local_path(path)
         if not local.exists():
@@ -174,7 +187,8 @@ def check_input(
                 "(one sub-folder per class), e.g. data_sample/."
             )
         if not local.is_dir():
-            raise ParameterError(f"input={path!r} is a file. Fix: pass the folder that holds the class folders.")
+            raise ParameterError(f"input={path!r} is a file. Fix: pass the folder that holds the class folders, "
+                                 f"or a file list ({' / '.join(FILE_LIST_SUFFIXES)}) with a 'path' column.")
     elif not storage.exists(path, spark):
         raise ParameterError(f"input={path!r} does not exist. Fix: check the bucket/prefix (aws s3 ls {path}).")
     for name in storage.iter_files(path, spark):
@@ -217,6 +231,11 @@ class Listing:
     reader: str = "python"
 
 
+def is_file_list(path: str) -> bool:
+    """Tell whether the input ``path`` names a file list (:data:`FILE_LIST_SUFFIXES`) rather than a folder."""
+    return str(path).lower().rstrip("/").endswith(FILE_LIST_SUFFIXES)
+
+
 def resolve_reader(reader: str, path: str) -> str:
     """Return the concrete reader (``"python"`` or ``"spark"``) for ``path``.
 
@@ -227,10 +246,11 @@ def resolve_reader(reader: str, path: str) -> str:
     """
     check_choice("reader", reader, READERS)
     if reader == "auto":
-        return "python" if storage.is_local(path) else "spark"
-    if reader == "python" and not storage.is_local(path):
+        return "python" if storage.is_local(path) or is_file_list(path) else "spark"
+    if reader == "python" and not (storage.is_local(path) or is_file_list(path)):
         raise ParameterError(
-            f"reader='python' reads local files only, input={path!r} is a URI. Fix: reader='auto' or 'spark'."
+            f"reader='python' lists local folders only, input={path!r} is a folder URI. Fix: reader='auto' or "
+            "'spark' (or pass a file list of its images)."
         )
     return reader
 
@@ -281,6 +301,8 @@ def list_images(
     check_input(path, extensions, spark)
     exts = normalise_extensions(extensions)
     how = resolve_reader(reader, path)
+    if is_file_list(path):
+        return _file_list_listing(spark, path, exts, dest, how)
     if how == "python":
         return _python_listing(spark, storage.local_path(path), exts, dest)
     return _spark_listing(spark, path, exts, dest)
@@ -441,6 +463,66 @@ def _hadoop_status(spark: SparkSession, path: str) -> tuple:
     return path, label, length, mtime, "empty" if length == 0 else "unreadable"
 
 
+def _file_list_listing(spark: SparkSession, path: str, exts: Tuple[str, ...], dest: Optional[str],
+                       how: str) -> Listing:
+    """Make the listing of a file list: Spark reads it (nothing per file on the driver); each path once."""
+    from pyspark.sql import functions as F
+
+    where = storage.spark_path(path)
+    table = spark.read.parquet(where) if path.lower().endswith(".parquet") else \
+        spark.read.option("header", "true").option("escape", '"').csv(where)
+    if "path" not in table.columns:
+        raise ParameterError(f"input={path!r} has no 'path' column (columns: {table.columns}). Fix: one row per "
+                             "file, a 'path' column of local paths or URIs, optionally a 'label' column.")
+    base = storage.parent(storage.spark_path(path))
+    raw = F.trim(F.col("path").cast("string"))
+    local = ~raw.rlike(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # no scheme: a local path, relative to the list's folder
+    absolute = F.when(raw.startswith("/"), raw).otherwise(F.concat(F.lit(base.rstrip("/") + "/"), raw))
+    norm = F.when(local, F.concat(F.lit("file:"), absolute)).otherwise(
+        F.regexp_replace(raw, "^file:///", "file:/"))
+    name_ok = F.lower(F.regexp_extract(norm, r"\.([^./]*)$", 1)).isin(*exts)
+    hidden = F.regexp_extract(norm, r"([^/]*)$", 1).rlike(r"^[._]")
+    label = F.col("label").cast("string") if "label" in table.columns else F.lit(None).cast("string")
+    frame = (table.where(raw.isNotNull() & (raw != "")).select(norm.alias("path"), label.alias("label"))
+             .where(name_ok & ~hidden).groupBy("path").agg(F.first("label", ignorenulls=True).alias("label")))
+    frame = frame.join(_file_list_stats(table, raw, norm), "path", "left").select(
+        "path",
+        F.coalesce("label", F.regexp_extract("path", r"([^/]*)/[^/]*$", 1)).alias("label"),
+        "length",
+        "modificationTime",
+        F.lit(None).cast("string").alias("error"),
+    )
+    if dest is None:
+        frame = frame.localCheckpoint(eager=True)
+    else:
+        frame.write.parquet(storage.spark_path(dest))
+        frame = spark.read.parquet(storage.spark_path(dest))
+    n = frame.count()
+    if n == 0:
+        raise ParameterError(f"input={path!r} lists no file with extension {'/'.join(exts)}. Fix: check its 'path' "
+                             "column, or pass extensions=[...] / --extensions.")
+    return Listing(frame, n, [], how)
+
+
+def _file_list_stats(table: DataFrame, raw, norm) -> DataFrame:  # noqa: ANN001 - Spark columns
+    """Take ``length`` and ``modificationTime`` from a file list's own columns, where it has them.
+
+    Columns ``length`` or ``size``, ``modificationTime`` or ``last_modified_date``
+    (S3 Inventory's names); null otherwise. With them an incremental run tells
+    changed files from unchanged ones; without them, by path only.
+    """
+    from pyspark.sql import functions as F
+
+    size = next((c for c in ("length", "size") if c in table.columns), None)
+    mtime = next((c for c in ("modificationTime", "last_modified_date") if c in table.columns), None)
+    return table.where(raw.isNotNull() & (raw != "")).select(
+        norm.alias("path"),
+        (F.col(size).cast("long") if size else F.lit(None).cast("long")).alias("length"),
+        (F.date_trunc("second", F.col(mtime).cast("timestamp")) if mtime else F.lit(None).cast("timestamp"))
+        .alias("modificationTime"),
+    ).dropDuplicates(["path"])
+
+
 def _binary_reader(spark: SparkSession, exts: Tuple[str, ...]):  # noqa: ANN202 - a DataFrameReader
     """Spark's ``binaryFile`` reader: recursive, case-insensitive extensions, vanished files skipped."""
     return (
@@ -551,13 +633,39 @@ def decode_files(
     return np.stack(out) if out else np.empty((0, size[1], size[0], 3), np.uint8)
 
 
-def read_local_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
-    """Read a listed local file; never raises.
+def load_listed(spark: SparkSession, listing: DataFrame) -> DataFrame:
+    """Read the files of a listing (e.g. from a file list) with Spark's ``binaryFile`` source.
+
+    The paths are collected on the driver and passed to the reader (glob
+    characters escaped): for the ``spark`` reader of a file list. The
+    ``python`` reader needs no such collection.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        As :func:`load_images`; files gone or unreadable have no row.
+    """
+    import re
+
+    from pyspark.sql import functions as F
+
+    paths = [re.sub(r"([\\*?\[\]{}])", r"\\\1", r["path"]) for r in listing.select("path").collect()]
+    raw = (spark.read.format("binaryFile").option("ignoreMissingFiles", "true").option("ignoreCorruptFiles", "true")
+           .load(paths))
+    return raw.select("path", F.regexp_extract("path", r"([^/]*)/[^/]*$", 1).alias("label"), "content",
+                      "modificationTime", "length")
+
+
+def read_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
+    """Read a listed file in the Python process (a local path, or ``s3://`` through pyarrow); never raises.
 
     Parameters
     ----------
     path : str
-        Spark's form of a local path (``file:/…``) or a plain path.
+        Spark's form of a local path (``file:/…``), a plain path, or an
+        ``s3://`` / ``s3a://`` URI (pyarrow's S3 filesystem: the usual AWS
+        credential chain, e.g. an EMR node's instance profile; ``AWS_ENDPOINT_URL``
+        is honoured).
 
     Returns
     -------
@@ -565,6 +673,8 @@ def read_local_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
         ``(content, None)``, or ``(None, "missing")`` when the file is gone,
         ``(None, "unreadable")`` when it cannot be opened or read.
     """
+    if not storage.is_local(path):
+        return _read_remote(path)
     try:
         with open(storage.local_path(path), "rb") as fh:
             return fh.read(), None
@@ -572,6 +682,31 @@ def read_local_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
         return None, "missing"
     except (OSError, ValueError):  # permission, is a directory, I/O error, NUL in the name
         return None, "unreadable"
+
+
+_S3: Dict[str, object] = {}  # per Python worker: {bucket: pyarrow S3FileSystem}
+
+
+def _read_remote(uri: str) -> Tuple[Optional[bytes], Optional[str]]:
+    """Read an ``s3://`` object with pyarrow (one filesystem per bucket and worker)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("s3", "s3a", "s3n"):
+        return None, "unreadable"  # the Python reader reads local files and S3; others go through Spark
+    try:
+        from pyarrow import fs as pafs
+
+        if parts.netloc not in _S3:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            _S3[parts.netloc] = (pafs.S3FileSystem(endpoint_override=endpoint, region=os.environ.get(
+                "AWS_DEFAULT_REGION", "us-east-1")) if endpoint else pafs.FileSystem.from_uri(f"s3://{parts.netloc}")[0])
+        with _S3[parts.netloc].open_input_stream(f"{parts.netloc}{parts.path}") as stream:  # type: ignore[attr-defined]
+            return stream.readall(), None
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, "missing" if "NoSuchKey" in str(exc) or "not found" in str(exc).lower() else "unreadable"
 
 
 def decode_image(

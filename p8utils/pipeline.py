@@ -436,8 +436,9 @@ def _featurize_listed(config: RunConfig, listing: images.Listing, todo: DataFram
     if listing.reader == "python":  # each Python worker reads its files: only paths travel
         feats = featurize(good.drop("error").repartition(tasks), bundle, input_col="path", **args)
     else:  # Spark's binaryFile reads the bytes; files added after the listing are left out
-        content = images.load_images(spark, config.input, config.extensions).join(
-            good.select("path"), "path", "left_semi")
+        content = (images.load_listed(spark, good) if images.is_file_list(config.input) else
+                   images.load_images(spark, config.input, config.extensions)).join(good.select("path"), "path",
+                                                                                     "left_semi")
         if tasks < content.rdd.getNumPartitions():
             content = content.coalesce(tasks)  # narrow: image bytes are never shuffled
         feats = featurize(content, bundle, input_col="content", **args)

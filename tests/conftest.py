@@ -43,6 +43,8 @@ _MARK_BY_NAME = {
         "test_notebooks.py::test_03_analyses_the_features_of_01",
         "test_notebooks.py::test_02_code_cells_give_the_same_outputs_as_01",
         "test_reliability.py::test_task_retried_after_python_worker_dies",
+    "test_reliability.py::test_files_deleted_during_featurization",
+    "test_reliability.py::test_a_file_list_of_s3_objects_is_read_without_any_listing",
     ),
     "heavy": (
         "test_cli.py::test_check_command",  # TensorFlow in a subprocess

@@ -634,3 +634,47 @@ def test_killed_incremental_run_leaves_the_previous_output_intact(spark, sample_
     r = pipeline.run(str(src), str(out), weights="offline", k=3, mode="incremental", spark=spark)
     assert r.manifest["counts"]["featurized"] == 160 and r.manifest["lease"]["took_over"]
     _assert_manifest_matches_data(out)
+
+
+# --------------------------------------------------------------------------- big inputs: a file list, no listing
+
+
+@pytest.mark.slow
+def test_a_file_list_of_s3_objects_is_read_without_any_listing(sample_dir, tmp_path):
+    """An input manifest of s3:// paths (as from S3 Inventory): the workers read the objects (pyarrow), a key
+    that is gone gives its row; run against a local S3 API emulator (moto server)."""
+    pytest.importorskip("moto", reason="moto[server] is not installed (the dev extra; make install does it)")
+    import boto3
+
+    from .harness import aws_emulator
+
+    emulator = aws_emulator.start(tmp_path / "aws")
+    try:
+        env = emulator.env(dict(os.environ, PYTHONPATH=str(ROOT)))
+        s3 = boto3.client("s3", endpoint_url=emulator.url, region_name=aws_emulator.REGION,
+                          aws_access_key_id="x", aws_secret_access_key="x")
+        s3.create_bucket(Bucket="landing")
+        files = image_files(sample_dir)[::7]
+        lines = ["path,size,last_modified_date"]
+        for f in files:
+            key = f"fruits/{f.parent.name}/{f.name}"
+            s3.put_object(Bucket="landing", Key=key, Body=f.read_bytes())
+            lines.append(f"s3://landing/{key},{f.stat().st_size},2026-11-30T10:00:00.000Z")
+        lines.append("s3://landing/fruits/Banana/deleted by a lifecycle rule.jpg,1234,2026-11-30T10:00:00.000Z")
+        (tmp_path / "inventory.csv").write_text("\n".join(lines) + "\n")
+        out = tmp_path / "out"
+        proc = subprocess.run([sys.executable, "-m", "p8utils", "run", "--input", str(tmp_path / "inventory.csv"),
+                               "--output", str(out), "--weights", "offline", "--k", "2", "--master", "local[2]",
+                               "--no-explorer"], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    finally:
+        emulator.stop()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = _rows(out)
+    assert len(rows) == len(files) + 1
+    gone = rows.loc["s3://landing/fruits/Banana/deleted by a lifecycle rule.jpg"]
+    assert gone.error == "missing" and gone.label == "Banana"
+    ok = rows[rows.error.isna()]
+    assert len(ok) == len(files) and set(ok.label) == {f.parent.name for f in files}
+    assert set(ok.length) == {f.stat().st_size for f in files} or ok.length.notna().all()
+    m = _assert_manifest_matches_data(out)
+    assert m["counts"]["failed_by_reason"] == {"missing": 1}

@@ -1,0 +1,408 @@
+"""Linear probe: how well a linear classifier recognises the classes from features or PCA scores.
+
+Explained variance says how much of the features' spread ``k`` components
+keep, not how much of what tells the classes apart. The probe measures the
+latter: :func:`linear_probe` trains Spark ML's multinomial
+``LogisticRegression`` on a stratified split of a features table and reports
+the held-out accuracy and macro-F1; :func:`probe_curve` does it on the
+centred PCA scores at a grid of ``k`` (and on the raw features), next to the
+cumulative explained variance, so ``k`` can be chosen by what it keeps for
+recognition (:func:`plateau_k`). Notebook 03, ``make bench`` and the tests
+use these functions.
+
+The split
+---------
+:func:`stratified_split` ranks each class's rows by a hash of ``seed`` and the
+row's ``path`` and puts the first ``round(test_fraction × n_class)`` (at least
+1, at most ``n_class - 1``) in the test part: every class with two rows or
+more is in both parts, and the split depends only on the seed and the paths
+(not on partitioning or row order). A class with a single row is in the
+training part only. ``max_rows`` bounds the rows used, the same number per
+class (the first ones in the hash order), so a probe on a 90,000-image run
+stays cheap.
+
+The classifier and its scikit-learn equivalent
+----------------------------------------------
+Spark ML minimises ``(1/n) Σ loss + (reg_param / 2) ‖W‖²`` over the
+``n = n_train`` training rows (``elasticNetParam=0``; intercepts not
+penalised; ``standardization=False``: the features are used as they are).
+scikit-learn's ``LogisticRegression`` minimises ``C Σ loss + ½ ‖W‖²``, the
+same problem for ``C = 1 / (reg_param × n_train)`` (multinomial, lbfgs,
+``fit_intercept=True``): ``tests/test_probe.py`` checks both agree within one
+point of accuracy on the same split.
+
+Examples
+--------
+>>> from p8utils import pca, probe                                   # doctest: +SKIP
+>>> result = probe.linear_probe(features)                            # doctest: +SKIP
+>>> result.accuracy, result.macro_f1                                 # doctest: +SKIP
+>>> fit = pca.fit_pca(features, k=200)                               # doctest: +SKIP
+>>> curve = probe.probe_curve(features, fit, ks=(10, 50, 100, 200))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from p8utils.errors import ParameterError
+from p8utils.validation import check_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame
+
+    from p8utils.pca import PCAResult
+
+__all__ = ["DEFAULT_KS", "DEFAULT_MAX_ITER", "DEFAULT_REG_PARAM", "DEFAULT_TEST_FRACTION", "PLATEAU_TOLERANCE",
+           "SPLIT_COL", "ProbeResult", "linear_probe", "plateau_k", "probe_curve", "sklearn_c", "stratified_split"]
+
+#: Held-out fraction of each class.
+DEFAULT_TEST_FRACTION = 0.3
+
+#: L2 strength of the probe (Spark's ``regParam``; scikit-learn's ``C = 1 / (reg_param × n_train)``).
+DEFAULT_REG_PARAM = 1e-3
+
+#: L-BFGS iterations of the probe.
+DEFAULT_MAX_ITER = 200
+
+#: Numbers of PCA components :func:`probe_curve` tries by default (those up to the fit's ``k``).
+DEFAULT_KS: Tuple[int, ...] = (2, 5, 10, 20, 50, 100, 200, 500)
+
+#: Accuracy within this of the best one counts as the plateau (0.5 point).
+PLATEAU_TOLERANCE = 0.005
+
+#: Boolean column :func:`stratified_split` adds: True for a held-out (test) row.
+SPLIT_COL = "is_test"
+
+# Columns added to the table while probing.
+_LABEL_INDEX, _VECTOR = "_p8_y", "_p8_v"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Held-out scores of one linear probe.
+
+    Attributes
+    ----------
+    accuracy : float
+        Fraction of test rows whose predicted class is their label, in [0, 1].
+    macro_f1 : float
+        Unweighted mean over classes of F1 (classes in the labels or the
+        predictions of the test part, as scikit-learn's ``f1_score(average="macro")``).
+    n_train, n_test : int
+        Rows in each part.
+    n_classes : int
+        Distinct labels in the probed rows.
+    """
+
+    accuracy: float
+    macro_f1: float
+    n_train: int
+    n_test: int
+    n_classes: int
+
+
+def sklearn_c(reg_param: float, n_train: int) -> float:
+    """Return the scikit-learn ``C`` giving the probe's objective: ``1 / (reg_param × n_train)``."""
+    return 1.0 / (float(reg_param) * int(n_train))
+
+
+def _check_split(test_fraction: float, max_rows: Optional[int]) -> None:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ParameterError(f"test_fraction={test_fraction!r} is outside (0, 1). Fix: e.g. test_fraction=0.3.")
+    check_int("max_rows", max_rows, 2, optional=True, example=20000)
+
+
+def _check_fit(reg_param: float, max_iter: int) -> None:
+    if isinstance(reg_param, bool) or not isinstance(reg_param, (int, float)) or not reg_param > 0:
+        raise ParameterError(f"reg_param={reg_param!r} must be a positive number. Fix: e.g. reg_param=1e-3.")
+    check_int("max_iter", max_iter, 1, example=DEFAULT_MAX_ITER)
+
+
+def stratified_split(
+    df: DataFrame,
+    *,
+    label_col: str = "label",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    id_col: str = "path",
+    max_rows: Optional[int] = None,
+) -> DataFrame:
+    """Mark each row as train or test, stratified by class, deterministic for a seed.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+        Has ``label_col`` and ``id_col`` (a unique key per row, e.g. the path).
+    label_col : str
+        Class column.
+    test_fraction : float
+        In (0, 1): share of each class held out (rounded; at least one row and
+        at least one left for training when the class has two rows or more).
+    seed : int
+        Seed of the per-class order.
+    id_col : str
+        Unique row key hashed with the seed.
+    max_rows : int, optional
+        Use at most about this many rows: ``ceil(max_rows / n_classes)`` per class.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        The rows used, with a boolean column :data:`SPLIT_COL` (``is_test``; True: held out).
+
+    Raises
+    ------
+    ParameterError
+        A missing column or a bad parameter.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    _check_split(test_fraction, max_rows)
+    missing = [c for c in (label_col, id_col) if c not in df.columns]
+    if missing:
+        raise ParameterError(f"columns {missing} are missing from the DataFrame {df.columns}. Fix: pass a features "
+                             "table of a run (path, label, features) or name the columns (label_col=, id_col=).")
+    by_class = Window.partitionBy(label_col)
+    ranked = (df.withColumn("_p8_h", F.xxhash64(F.lit(int(seed)), F.col(id_col).cast("string")))
+              .withColumn("_p8_rank", F.row_number().over(by_class.orderBy("_p8_h", id_col)))
+              .withColumn("_p8_n", F.count(F.lit(1)).over(by_class)))
+    n = F.col("_p8_n")
+    if max_rows is not None:
+        n_classes = max(1, df.select(label_col).distinct().count())
+        cap = int(math.ceil(max_rows / n_classes))
+        ranked = ranked.where(F.col("_p8_rank") <= cap)
+        n = F.least(n, F.lit(cap))
+    n_test = F.when(n < 2, F.lit(0)).otherwise(F.least(F.greatest(F.round(n * float(test_fraction)), F.lit(1)), n - 1))
+    return ranked.withColumn(SPLIT_COL, F.col("_p8_rank") <= n_test).drop("_p8_h", "_p8_rank", "_p8_n")
+
+
+def _as_vector(col: str, width: Optional[int] = None):  # noqa: ANN202 - a pyspark Column
+    """``col`` (array or ml Vector) as an ml Vector column, cut to its first ``width`` entries when given."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    c = F.col(col)
+    return array_to_vector(c if width is None else F.slice(c, 1, int(width)))
+
+
+def _indexed(df: DataFrame, label_col: str) -> Tuple[DataFrame, int]:
+    """Add the label's index (labels sorted alphabetically); return the table and the number of classes."""
+    from pyspark.sql import functions as F
+
+    labels = sorted(r[0] for r in df.select(label_col).distinct().collect())
+    mapping = F.create_map(*[x for i, lab in enumerate(labels) for x in (F.lit(lab), F.lit(float(i)))])
+    return df.withColumn(_LABEL_INDEX, mapping[F.col(label_col)]), len(labels)
+
+
+def _macro_f1(pairs: Sequence[Tuple[float, float, int]]) -> Tuple[float, float]:
+    """Accuracy and macro-F1 from ``(label, prediction, count)`` triples."""
+    tp: Dict[float, int] = {}
+    fp: Dict[float, int] = {}
+    fn: Dict[float, int] = {}
+    total = correct = 0
+    for y, p, c in pairs:
+        total += c
+        if y == p:
+            correct += c
+            tp[y] = tp.get(y, 0) + c
+        else:
+            fn[y] = fn.get(y, 0) + c
+            fp[p] = fp.get(p, 0) + c
+    classes = set(tp) | set(fp) | set(fn)
+    f1 = [2 * tp.get(k, 0) / (2 * tp.get(k, 0) + fp.get(k, 0) + fn.get(k, 0)) for k in classes]
+    return correct / max(total, 1), float(np.mean(f1)) if f1 else 0.0
+
+
+def _probe(split: DataFrame, vector, n_classes: int, reg_param: float, max_iter: int,  # noqa: ANN001 - a Column
+           n_train: int, n_test: int) -> ProbeResult:
+    """Fit the multinomial logistic regression on the train rows of ``split``, score the test rows."""
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.sql import functions as F
+
+    data = split.select(F.col(_LABEL_INDEX), F.col(SPLIT_COL), vector.alias(_VECTOR))
+    lr = LogisticRegression(featuresCol=_VECTOR, labelCol=_LABEL_INDEX, family="multinomial", regParam=float(reg_param),
+                            elasticNetParam=0.0, maxIter=int(max_iter), tol=1e-8, standardization=False)
+    model = lr.fit(data.where(F.col(SPLIT_COL) == F.lit(False)))
+    counts = (model.transform(data.where(F.col(SPLIT_COL))).groupBy(_LABEL_INDEX, "prediction").count().collect())
+    accuracy, macro_f1 = _macro_f1([(float(r[0]), float(r[1]), int(r[2])) for r in counts])
+    return ProbeResult(float(accuracy), float(macro_f1), n_train, n_test, n_classes)
+
+
+def _prepared(df: DataFrame, features_col: str, label_col: str, id_col: str, test_fraction: float, seed: int,
+              max_rows: Optional[int]) -> Tuple[DataFrame, int, int, int]:
+    """Rows with features, split and label-indexed, persisted; with n_classes, n_train, n_test."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if features_col not in df.columns:
+        raise ParameterError(f"features_col={features_col!r} is not a column of the DataFrame {df.columns}.")
+    rows = df.where(F.col(features_col).isNotNull() & F.col(label_col).isNotNull())
+    split = stratified_split(rows, label_col=label_col, test_fraction=test_fraction, seed=seed, id_col=id_col,
+                             max_rows=max_rows)
+    split, n_classes = _indexed(split, label_col)
+    split = split.persist(StorageLevel.MEMORY_AND_DISK)
+    sizes = {bool(r[0]): int(r[1]) for r in split.groupBy(SPLIT_COL).count().collect()}
+    n_train, n_test = sizes.get(False, 0), sizes.get(True, 0)
+    if n_classes < 2 or n_test == 0:
+        split.unpersist()
+        raise ParameterError(f"a linear probe needs at least 2 classes with 2 rows or more; found {n_classes} "
+                             f"classes, {n_train} training and {n_test} test rows. Fix: probe a table with more "
+                             "labelled images per class.")
+    return split, n_classes, n_train, n_test
+
+
+def linear_probe(
+    df: DataFrame,
+    *,
+    features_col: str = "features",
+    label_col: str = "label",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    reg_param: float = DEFAULT_REG_PARAM,
+    max_iter: int = DEFAULT_MAX_ITER,
+    id_col: str = "path",
+    max_rows: Optional[int] = None,
+) -> ProbeResult:
+    """Train a multinomial logistic regression on a stratified split; score the held-out part.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+        A features table: ``features_col`` (array<float|double>[d] or ml
+        Vector; null rows are left out), ``label_col``, ``id_col``.
+    features_col, label_col, id_col : str
+        Column names.
+    test_fraction : float
+        Held-out share of each class, in (0, 1).
+    seed : int
+        Seed of the split (:func:`stratified_split`).
+    reg_param : float
+        L2 strength (Spark's ``regParam``; scikit-learn ``C = 1 / (reg_param × n_train)``).
+    max_iter : int
+        L-BFGS iterations.
+    max_rows : int, optional
+        At most about this many rows, the same number per class.
+
+    Returns
+    -------
+    ProbeResult
+
+    Raises
+    ------
+    ParameterError
+        Missing columns, bad parameters, or fewer than 2 classes with 2 rows.
+    """
+    _check_split(test_fraction, max_rows)
+    _check_fit(reg_param, max_iter)
+    split, n_classes, n_train, n_test = _prepared(df, features_col, label_col, id_col, test_fraction, seed, max_rows)
+    try:
+        return _probe(split, _as_vector(features_col), n_classes, reg_param, max_iter, n_train, n_test)
+    finally:
+        split.unpersist()
+
+
+def probe_curve(
+    features_df: DataFrame,
+    fit: PCAResult,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    features_col: str = "features",
+    label_col: str = "label",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    reg_param: float = DEFAULT_REG_PARAM,
+    max_iter: int = DEFAULT_MAX_ITER,
+    id_col: str = "path",
+    max_rows: Optional[int] = None,
+    raw: bool = True,
+) -> pd.DataFrame:
+    """Held-out probe accuracy on the first ``k`` centred PCA scores for each ``k``, and on the raw features.
+
+    One split for every row of the curve (same rows, same seed), so the rows
+    differ only by the representation.
+
+    Parameters
+    ----------
+    features_df : pyspark.sql.DataFrame
+        A features table (see :func:`linear_probe`).
+    fit : PCAResult
+        A PCA of these features (:func:`p8utils.pca.fit_pca`), with ``fit.k``
+        at least the largest ``k`` wanted (``ks`` beyond ``fit.k`` are left out).
+    ks : sequence of int
+        Numbers of leading components to probe.
+    raw : bool
+        Also probe the raw features (the last row, ``representation="raw"``,
+        ``k`` = the feature width, ``cumulative_variance`` = 1).
+    features_col, label_col, test_fraction, seed, reg_param, max_iter, id_col, max_rows
+        As for :func:`linear_probe`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per probe: ``representation`` (``"pca"`` or ``"raw"``), ``k``
+        (int), ``accuracy``, ``macro_f1``, ``cumulative_variance`` (floats),
+        ``n_train``, ``n_test`` (ints); PCA rows by increasing ``k``.
+
+    Raises
+    ------
+    ParameterError
+        No ``k`` in ``[1, fit.k]``, and the errors of :func:`linear_probe`.
+    """
+    from pyspark.sql import functions as F
+
+    from p8utils.pca import transform
+
+    _check_split(test_fraction, max_rows)
+    _check_fit(reg_param, max_iter)
+    wanted = sorted({int(check_int("k", k, 1, example=50)) for k in ks})  # type: ignore[arg-type]
+    chosen = [k for k in wanted if k <= fit.k]
+    if not chosen and not raw:
+        raise ParameterError(f"ks={list(ks)}: none is in [1, fit.k={fit.k}]. Fix: fit the PCA with k=max(ks), "
+                             f"e.g. pca.fit_pca(features, k={max(wanted) if wanted else 50}).")
+    split, n_classes, n_train, n_test = _prepared(features_df, features_col, label_col, id_col, test_fraction, seed,
+                                                  max_rows)
+    try:
+        scored = transform(fit, split.withColumn("_p8_raw", F.col(features_col)), input_col=features_col,
+                           output_col="_p8_scores")
+        rows: List[Dict[str, object]] = []
+        for k in chosen:
+            r = _probe(scored, _as_vector("_p8_scores", k), n_classes, reg_param, max_iter, n_train, n_test)
+            rows.append({"representation": "pca", "k": k, "accuracy": r.accuracy, "macro_f1": r.macro_f1,
+                         "cumulative_variance": float(fit.cumulative_variance[k - 1]), "n_train": n_train,
+                         "n_test": n_test})
+        if raw:
+            r = _probe(scored, _as_vector("_p8_raw"), n_classes, reg_param, max_iter, n_train, n_test)
+            rows.append({"representation": "raw", "k": fit.width, "accuracy": r.accuracy, "macro_f1": r.macro_f1,
+                         "cumulative_variance": 1.0, "n_train": n_train, "n_test": n_test})
+    finally:
+        split.unpersist()
+    return pd.DataFrame(rows, columns=["representation", "k", "accuracy", "macro_f1", "cumulative_variance",
+                                       "n_train", "n_test"])
+
+
+def plateau_k(curve: pd.DataFrame, tolerance: float = PLATEAU_TOLERANCE) -> Optional[int]:
+    """Smallest probed ``k`` whose accuracy is within ``tolerance`` of the best PCA accuracy of ``curve``.
+
+    Parameters
+    ----------
+    curve : pandas.DataFrame
+        :func:`probe_curve`'s output.
+    tolerance : float
+        Accuracy (fraction) below the best that still counts as the plateau.
+
+    Returns
+    -------
+    int or None
+        None when the curve has no PCA row.
+    """
+    pcs = curve[curve["representation"] == "pca"].sort_values("k")
+    if pcs.empty:
+        return None
+    best = float(pcs["accuracy"].max())
+    return int(pcs[pcs["accuracy"] >= best - tolerance]["k"].iloc[0])

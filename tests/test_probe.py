@@ -1,0 +1,110 @@
+"""Linear probe: stratified split, Spark ML logistic regression equal to scikit-learn's, the curve over k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from p8utils.errors import ParameterError
+from p8utils.probe import (
+    DEFAULT_REG_PARAM,
+    SPLIT_COL,
+    linear_probe,
+    plateau_k,
+    probe_curve,
+    sklearn_c,
+    stratified_split,
+)
+
+
+def _clusters(n_classes=6, per_class=30, d=20, seed=0, spread=1.6):
+    """Overlapping Gaussian classes (a probe that is neither trivial nor hopeless), float32 features."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, d))
+    rows = []
+    for c in range(n_classes):
+        x = centres[c] + spread * rng.normal(size=(per_class, d))
+        rows += [(f"/data/class_{c}/img_{i:03d}.jpg", f"class_{c}", x[i].astype(np.float32).tolist())
+                 for i in range(per_class)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def clusters(spark):
+    return spark.createDataFrame(_clusters(), "path string, label string, features array<float>")
+
+
+def _split_frame(df, **kw):
+    return stratified_split(df, **kw).select("path", "label", "features", SPLIT_COL).toPandas().sort_values("path")
+
+
+def test_split_is_stratified_and_deterministic(spark, clusters):
+    a = _split_frame(clusters, seed=0)
+    assert len(a) == 180
+    per_class = a.groupby("label")[SPLIT_COL].agg(["sum", "count"])
+    assert (per_class["sum"] == 9).all() and (per_class["count"] == 30).all()  # round(0.3 * 30) held out per class
+    b = _split_frame(clusters.repartition(3).orderBy("features"), seed=0)  # other partitioning and row order
+    assert list(a.path) == list(b.path) and list(a[SPLIT_COL]) == list(b[SPLIT_COL])
+    c = _split_frame(clusters, seed=1)
+    assert list(a[SPLIT_COL]) != list(c[SPLIT_COL])
+    # small classes: every class with 2 rows or more is in both parts; a single row trains only
+    small = spark.createDataFrame([("p1", "a"), ("p2", "a"), ("p3", "b"), ("p4", "b"), ("p5", "b"), ("p6", "c")],
+                                  "path string, label string")
+    got = stratified_split(small, test_fraction=0.5).toPandas().groupby("label")[SPLIT_COL].agg(["sum", "count"])
+    assert got.loc["a"].tolist() == [1, 2] and got.loc["b"].tolist() == [2, 3] and got.loc["c"].tolist() == [0, 1]
+    capped = stratified_split(clusters, max_rows=60).toPandas()
+    assert len(capped) == 60 and (capped.groupby("label").size() == 10).all()
+
+
+def test_probe_equals_scikit_learn_on_the_same_split(clusters):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    result = linear_probe(clusters, seed=0)
+    split = _split_frame(clusters, seed=0)
+    train, test = split[~split[SPLIT_COL]], split[split[SPLIT_COL]]
+    assert (result.n_train, result.n_test, result.n_classes) == (len(train), len(test), 6) == (126, 54, 6)
+    sk = LogisticRegression(C=sklearn_c(DEFAULT_REG_PARAM, len(train)), max_iter=10000, tol=1e-10)
+    sk.fit(np.stack(train.features), train.label)
+    pred = sk.predict(np.stack(test.features))
+    sk_acc, sk_f1 = accuracy_score(test.label, pred), f1_score(test.label, pred, average="macro")
+    assert 0.4 < sk_acc < 1.0, "the data must make the comparison meaningful (neither trivial nor chance)"
+    assert abs(result.accuracy - sk_acc) <= 0.01, (result.accuracy, sk_acc)
+    assert abs(result.macro_f1 - sk_f1) <= 0.02, (result.macro_f1, sk_f1)
+    assert linear_probe(clusters, seed=0) == result  # deterministic
+
+
+def test_probe_curve_over_k(clusters):
+    from p8utils.pca import fit_pca
+
+    fit = fit_pca(clusters, k=20)
+    curve = probe_curve(clusters, fit, ks=(2, 5, 20, 50))
+    assert list(curve.columns) == ["representation", "k", "accuracy", "macro_f1", "cumulative_variance", "n_train",
+                                   "n_test"]
+    assert list(curve.representation) == ["pca", "pca", "pca", "raw"] and list(curve.k) == [2, 5, 20, 20]
+    np.testing.assert_allclose(curve.cumulative_variance[:3], fit.cumulative_variance[[1, 4, 19]], rtol=1e-12)
+    assert curve.cumulative_variance.iloc[-1] == 1.0 and (curve.n_test == 54).all()
+    assert curve.accuracy.iloc[0] < curve.accuracy.iloc[2]  # more components, more of what tells classes apart
+    # all d centred scores are a rotation of the features: an L2 probe (intercept free) gives the same accuracy
+    assert abs(curve.accuracy.iloc[2] - curve.accuracy.iloc[3]) <= 1 / 54 + 1e-12
+
+
+def test_plateau_k():
+    curve = pd.DataFrame({"representation": ["pca"] * 4 + ["raw"], "k": [2, 10, 50, 100, 1280],
+                          "accuracy": [0.6, 0.95, 0.998, 1.0, 1.0]})
+    assert plateau_k(curve) == 50 and plateau_k(curve, tolerance=0.0) == 100 and plateau_k(curve, 0.1) == 10
+    assert plateau_k(curve[curve.representation == "raw"]) is None
+
+
+def test_bad_parameters(spark, clusters):
+    with pytest.raises(ParameterError, match=r"test_fraction=1.5 is outside \(0, 1\)"):
+        linear_probe(clusters, test_fraction=1.5)
+    with pytest.raises(ParameterError, match="reg_param=0"):
+        linear_probe(clusters, reg_param=0)
+    with pytest.raises(ParameterError, match="features_col='feats' is not a column"):
+        linear_probe(clusters, features_col="feats")
+    one = spark.createDataFrame([("p1", "a", [1.0]), ("p2", "a", [2.0])], "path string, label string, features "
+                                "array<float>")
+    with pytest.raises(ParameterError, match="at least 2 classes"):
+        linear_probe(one)
