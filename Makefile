@@ -16,7 +16,7 @@ KERNEL := $(VENV)/share/jupyter/kernels/p8utils/kernel.json
 SPARK_KERNEL := $(VENV)/share/jupyter/kernels/pysparkkernel/kernel.json
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-run kernel run run-cli lab strip hooks bench test test-fast lint sample clean help
+.PHONY: install install-run kernel run run-cli lab strip hooks bench bench-scale test test-fast lint sample clean help
 
 help:
 	@echo "make run    - notebooks 01 + 03 on data_sample/ with papermill, into runs/<timestamp>/ (offline weights if ImageNet is unreachable)"
@@ -24,6 +24,7 @@ help:
 	@echo "make run-cli - the pipeline alone through the CLI (no notebooks)"
 	@echo "make strip  - remove outputs from notebooks/*.ipynb (nbstripout); make hooks: do it on every git add"
 	@echo "make bench  - benchmark: raw model vs pipeline vs the seeds' method (prints a table, writes JSON)"
+	@echo "make bench-scale - the cost curve: 1k/10k/100k images, incremental +1 %/+10 %, peak RSS (JSON)"
 	@echo "make test   - run the test suite"
 	@echo "make test-fast - the quick loop: tests that need no JVM and are not heavy or slow (well under a minute)"
 	@echo "make lint   - ruff"
@@ -103,6 +104,10 @@ hooks: install
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The cost curve (not a test): 1k, 10k, 100k images, incremental +1 % / +10 %, peak RSS; ~20 min on 2 cores.
+bench-scale: install-run
+	$(BIN)/python benchmarks/cost_curve.py $(BENCH_ARGS)
 
 test: install $(SPARK_KERNEL)
 	$(BIN)/python -m pytest -q

@@ -23,6 +23,7 @@ reason; it never fails the task.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -95,29 +96,41 @@ def _featurize_frame(
     features: List[Optional[np.ndarray]] = [None] * n
     errors: List[Optional[str]] = [None] * n
     w, h = spec.input_size
-    chunk = np.empty((batch_size, h, w, 3), dtype=np.uint8)
-    inputs = np.empty((batch_size, h, w, 3), dtype=np.float32)
-    rows: List[int] = []
+    # two buffers: a thread reads, decodes and preprocesses the next chunk while the engine runs on this one
+    # (Pillow and the engines release the GIL), so decoding costs the engine no time
+    buffers = [(np.empty((batch_size, h, w, 3), dtype=np.uint8), np.empty((batch_size, h, w, 3), dtype=np.float32))
+               for _ in range(2)]
 
-    def flush() -> None:
-        n_rows = len(rows)
-        out = predict(spec.preprocess(chunk[:n_rows], out=inputs[:n_rows]))
-        for j, row in enumerate(rows):
-            features[row] = out[j]
-        rows.clear()
+    def prepare(start: int, slot: int) -> Tuple[int, List[int]]:
+        """Decode from item ``start`` until a chunk is full; return where it stopped and the rows it holds."""
+        chunk, inputs = buffers[slot]
+        rows: List[int] = []
+        i = start
+        while i < n and len(rows) < batch_size:
+            item = contents[i]
+            data, reason = read_file(item) if isinstance(item, str) else (item, None)
+            arr, reason = (None, reason) if reason else decode_image(data, (w, h), max_pixels)
+            if arr is None:
+                errors[i] = reason
+            else:
+                chunk[len(rows)] = arr
+                rows.append(i)
+            i += 1
+        if rows:
+            spec.preprocess(chunk[:len(rows)], out=inputs[:len(rows)])
+        return i, rows
 
-    for i, item in enumerate(contents):
-        data, reason = read_file(item) if isinstance(item, str) else (item, None)
-        arr, reason = (None, reason) if reason else decode_image(data, (w, h), max_pixels)
-        if arr is None:
-            errors[i] = reason
-            continue
-        chunk[len(rows)] = arr
-        rows.append(i)
-        if len(rows) == batch_size:
-            flush()
-    if rows:
-        flush()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p8utils-decode") as pool:
+        pending = pool.submit(prepare, 0, 0)
+        slot = 0
+        while pending is not None:
+            stop, rows = pending.result()
+            pending = pool.submit(prepare, stop, 1 - slot) if stop < n else None
+            if rows:
+                out = predict(buffers[slot][1][:len(rows)])
+                for j, row in enumerate(rows):
+                    features[row] = out[j]
+            slot = 1 - slot
     return pd.DataFrame({"features": features, "error": errors})
 
 

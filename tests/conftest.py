@@ -34,6 +34,7 @@ _MARK_BY_FIXTURE = {
 _MARK_BY_NAME = {
     "jvm": (
         "test_bench.py::test_bench_runs_on_a_tiny_input",
+        "test_bench.py::test_cost_curve_runs_on_a_tiny_input",
         "test_bootstrap.py::test_spark_submit_runs_the_pipeline_through_the_bootstrap_launcher",
         "test_bootstrap.py::test_run_notebook_on_master_headless_against_a_livy_endpoint",
         "test_cli.py::test_cli_run_end_to_end",

@@ -57,3 +57,20 @@ def test_prepare_input_repeats_to_the_minimum(tmp_path, sample_dir):
     files = list(folder.rglob("*.jpg"))
     assert len(files) == 240 and {f.parent.name for f in files} == {p.name for p in sample_dir.iterdir() if p.is_dir()}
     assert prepare_input(sample_dir, 10, tmp_path / "x") == sample_dir
+
+
+@pytest.mark.slow
+def test_cost_curve_runs_on_a_tiny_input(tmp_path, sample_dir):
+    """The scale benchmark's whole sequence on 16 images (timings are never asserted)."""
+    out = tmp_path / "curve.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cost_curve.py"), "--source", str(sample_dir),
+                           "--sizes", "16", "--incremental-base", "16", "--workdir", str(tmp_path / "w"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=1500, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    names = [r["name"] for r in result["runs"]]
+    assert names == ["full_16", "incremental_base_16", "incremental_plus_1pct", "incremental_plus_10pct", "full_17"]
+    runs = {r["name"]: r for r in result["runs"]}
+    assert runs["incremental_plus_10pct"]["featurized"] == 1 and runs["full_17"]["featurized"] == 17
+    assert result["listing"]["files"] == 16 and runs["full_16"]["peak_rss_mb"]["jvm"] > 0
+    assert "incremental_plus_10pct_over_full" in result["ratios"]
