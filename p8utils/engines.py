@@ -34,15 +34,15 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from p8utils import storage
 from p8utils.errors import ParameterError
-from p8utils.models import ModelSpec, WeightsBundle, build_model
+from p8utils.models import ModelSpec, WeightsBundle, build_model, distribution_version
 
 __all__ = ["CALIBRATION_IMAGES", "DEFAULT_ENGINE", "ENGINES", "Engine", "Predictor", "cache_dir", "calibration_digest",
            "get_engine", "payload"]
@@ -115,11 +115,14 @@ def _keras_build(spec: ModelSpec, arrays: object, threads: int) -> Predictor:
 
 
 def _tflite_prepare(bundle: WeightsBundle, calibration: Optional[np.ndarray] = None) -> object:
-    """Convert the Keras model to a TFLite flatbuffer (float32, TensorFlow's converter)."""
+    """Convert the Keras model to a TFLite flatbuffer (float32, TensorFlow's converter; disk cache first)."""
+    return _converted(bundle, _FP32_RECIPE, None, lambda: _fp32_convert(bundle))
+
+
+def _fp32_convert(bundle: WeightsBundle) -> bytes:
     import tensorflow as tf
 
-    model = build_model(bundle.spec, bundle.arrays)
-    return _quietly(lambda: tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return _quietly(lambda: tf.lite.TFLiteConverter.from_keras_model(build_model(bundle.spec, bundle.arrays)).convert())
 
 
 def _quietly(convert: Callable[[], bytes]) -> bytes:
@@ -178,63 +181,35 @@ def _tflite_build(spec: ModelSpec, flatbuffer: object, threads: int) -> Predicto
     return predict
 
 
-#: Converter recipe of ``tflite-int8``, part of its disk-cache key: change it when the conversion changes.
+#: Converter recipes, part of the disk-cache key of converted models: change one when its conversion changes.
 _INT8_RECIPE = "int8-ptq/per-channel/builtins-int8/float-io/v1"
+_FP32_RECIPE = "fp32/from-keras/v1"
 
 
 def cache_dir() -> str:
     """Folder of converted TFLite models: ``$P8UTILS_CACHE/tflite``, default ``~/.cache/p8utils/tflite``."""
-    root = os.environ.get("P8UTILS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "p8utils")
-    return os.path.join(root, "tflite")
+    return storage.cache_dir("tflite")
 
 
-def _int8_cache_path(bundle: WeightsBundle, calibration: np.ndarray, tf_version: str) -> str:
-    """Cache file of an int8 model: SHA-256 of weights, input size, calibration set, TensorFlow version, recipe."""
+def _cache_path(bundle: WeightsBundle, recipe: str, calibration: Optional[np.ndarray], tf_version: str) -> str:
+    """Cache file of a converted model: SHA-256 of weights, input size, calibration set, TensorFlow version, recipe."""
     w, h = bundle.spec.input_size
-    key = "\n".join([bundle.sha256, bundle.spec.name, f"{w}x{h}", calibration_digest(calibration), tf_version,
-                     _INT8_RECIPE])
+    key = "\n".join([bundle.sha256, bundle.spec.name, f"{w}x{h}", calibration_digest(calibration), tf_version, recipe])
     return os.path.join(cache_dir(), hashlib.sha256(key.encode()).hexdigest() + ".tflite")
 
 
-def _read_cached(path: str) -> Optional[bytes]:
-    """Return the flatbuffer at ``path`` if whole (its SHA-256 equals the ``.sha256`` file next to it), else None."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        with open(path + ".sha256", encoding="ascii") as fh:
-            expected = fh.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if data[4:8] != b"TFL3" or hashlib.sha256(data).hexdigest() != expected:
-        log.warning("ignoring a corrupt or partial cached model %s: it is rebuilt", path)
-        return None
-    return data
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_cached(path: str, flatbuffer: bytes) -> None:
-    """Store a converted model and its SHA-256 (model first: a reader trusts the pair only when they agree)."""
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _write_atomically(path, flatbuffer)
-        _write_atomically(path + ".sha256", hashlib.sha256(flatbuffer).hexdigest().encode("ascii"))
-    except OSError as exc:  # a read-only home: convert again next time, do not fail the run
-        log.warning("could not cache the int8 model in %s (%s): set P8UTILS_CACHE to a writable folder to keep it",
-                    os.path.dirname(path), exc)
+def _converted(bundle: WeightsBundle, recipe: str, calibration: Optional[np.ndarray],
+               convert: Callable[[], bytes]) -> bytes:
+    """Return the flatbuffer from the disk cache when it is there and whole, else convert it and cache it."""
+    path = _cache_path(bundle, recipe, calibration, distribution_version("tensorflow-cpu", "tensorflow"))
+    cached = storage.read_cached(path)
+    if cached is not None and cached[4:8] == b"TFL3":
+        log.info("converted model from the cache: %s", path)
+        return cached
+    log.info("converting (%s; cached as %s)", recipe, path)
+    flatbuffer = convert()
+    storage.write_cached(path, flatbuffer)
+    return flatbuffer
 
 
 def _int8_convert(bundle: WeightsBundle, calibration: np.ndarray) -> bytes:
@@ -275,8 +250,6 @@ def _int8_prepare(bundle: WeightsBundle, calibration: Optional[np.ndarray] = Non
     ParameterError
         ``calibration`` is missing, empty or not at the model's input size.
     """
-    import tensorflow as tf
-
     w, h = bundle.spec.input_size
     calibration = None if calibration is None else np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration is None or calibration.ndim != 4 or calibration.shape[1:] != (h, w, 3) or len(calibration) == 0:
@@ -284,15 +257,7 @@ def _int8_prepare(bundle: WeightsBundle, calibration: Optional[np.ndarray] = Non
         raise ParameterError(f"calibration has shape {got}: engine='tflite-int8' needs preprocessed images of shape "
                              f"(n, {h}, {w}, 3), n >= 1. Fix: decode images at the model's input size and pass "
                              "spec.preprocess(images).")
-    path = _int8_cache_path(bundle, calibration, tf.__version__)
-    cached = _read_cached(path)
-    if cached is not None:
-        log.info("int8 model from the cache: %s", path)
-        return cached
-    log.info("converting to int8 on %d calibration images (cached as %s)", len(calibration), path)
-    flatbuffer = _int8_convert(bundle, calibration)
-    _write_cached(path, flatbuffer)
-    return flatbuffer
+    return _converted(bundle, _INT8_RECIPE, calibration, lambda: _int8_convert(bundle, calibration))
 
 
 #: The registered engines.

@@ -61,6 +61,7 @@ __all__ = [
     "load_weights",
     "weights_digest",
     "keras_cache_dir",
+    "distribution_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -427,7 +428,47 @@ def _calibration_images() -> list:
     return [Image.open(io.BytesIO(e.read_bytes())).convert("RGB") for e in entries]
 
 
+#: Recipe of the offline weights, part of their disk-cache key: change it when :func:`_offline_arrays` changes.
+_OFFLINE_RECIPE = "he-normal/numpy-default_rng/bn-momentum-0/16-calibration-png/v1"
+
+
+def distribution_version(*names: str) -> str:
+    """Version of the first installed distribution of ``names`` (``""`` if none), without importing it.
+
+    Cache keys use it: importing TensorFlow or Keras just to read their version costs seconds.
+    """
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
 def _offline(spec: ModelSpec, seed: int) -> WeightsBundle:
+    """Offline weights, from the local cache when an earlier run made them (same model, size, seed, versions)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ParameterError(f"seed={seed!r} must be an integer. Fix: pass e.g. seed=0.")
+    w, h = spec.input_size
+    key = "\n".join([spec.name, f"{w}x{h}", str(int(seed)), distribution_version("keras"), np.__version__,
+                     _OFFLINE_RECIPE])
+    path = os.path.join(storage.cache_dir("weights"), hashlib.sha256(key.encode()).hexdigest() + ".npz")
+    cached = storage.read_cached(path)
+    if cached is not None:
+        with np.load(io.BytesIO(cached)) as z:
+            arrays = [np.asarray(z[f"a{i}"], dtype=np.float32) for i in range(len(z.files))]
+        log.info("offline weights from the cache: %s", path)
+    else:
+        arrays = _offline_arrays(spec, int(seed))
+        buf = io.BytesIO()
+        np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
+        storage.write_cached(path, buf.getvalue())
+    return WeightsBundle(spec, "offline", arrays, weights_digest(arrays), int(seed))
+
+
+def _offline_arrays(spec: ModelSpec, seed: int) -> List[np.ndarray]:
     """Seeded He-normal weights with BatchNorm statistics recalibrated on the shipped images.
 
     Kernels are drawn with NumPy from ``seed`` (independent of the TensorFlow
@@ -445,9 +486,7 @@ def _offline(spec: ModelSpec, seed: int) -> WeightsBundle:
     """
     import keras
 
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ParameterError(f"seed={seed!r} must be an integer. Fix: pass e.g. seed=0.")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     model = build_model(spec)
     arrays = []
     for var in model.weights:
@@ -472,5 +511,4 @@ def _offline(spec: ModelSpec, seed: int) -> WeightsBundle:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.0
     model(spec.preprocess(batch), training=True)
-    arrays = [np.asarray(a, dtype=np.float32) for a in model.get_weights()]
-    return WeightsBundle(spec, "offline", arrays, weights_digest(arrays), int(seed))
+    return [np.asarray(a, dtype=np.float32) for a in model.get_weights()]

@@ -8,8 +8,12 @@ These are driver-side metadata calls, not Spark jobs.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Optional
 from urllib.parse import urlparse
@@ -31,7 +35,12 @@ __all__ = [
     "delete",
     "rename",
     "iter_files",
+    "cache_dir",
+    "read_cached",
+    "write_cached",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def is_local(uri: str) -> bool:
@@ -229,3 +238,56 @@ def iter_files(uri: str, spark: Optional[SparkSession] = None) -> Iterator[str]:
     it = fs.listFiles(path, True)
     while it.hasNext():
         yield str(it.next().getPath().toString())
+
+
+def cache_dir(kind: str) -> str:
+    """Local folder of one kind of cached artefact: ``$P8UTILS_CACHE/<kind>``, default ``~/.cache/p8utils/<kind>``.
+
+    Converted models and offline weights are kept there, keyed by what makes them,
+    so a second run does not pay their preparation again.
+    """
+    root = os.environ.get("P8UTILS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "p8utils")
+    return os.path.join(root, kind)
+
+
+def read_cached(path: str) -> Optional[bytes]:
+    """Return the cached file at ``path`` if whole (its SHA-256 equals the ``.sha256`` file next to it), else None."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        with open(path + ".sha256", encoding="ascii") as fh:
+            expected = fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if hashlib.sha256(data).hexdigest() != expected:
+        log.warning("ignoring a corrupt or partial cached file %s: it is rebuilt", path)
+        return None
+    return data
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_cached(path: str, data: bytes) -> None:
+    """Store ``data`` at ``path`` with its SHA-256 next to it; a read-only cache is reported, never fatal.
+
+    The data is written first: a reader trusts the pair only when they agree.
+    """
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_atomically(path, data)
+        _write_atomically(path + ".sha256", hashlib.sha256(data).hexdigest().encode("ascii"))
+    except OSError as exc:
+        log.warning("could not cache %s (%s): set P8UTILS_CACHE to a writable folder to keep it", path, exc)

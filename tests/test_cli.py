@@ -12,8 +12,8 @@ from p8utils.cli import build_parser, main
 from .conftest import ROOT, image_files
 
 
-def _run(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _run(*args, timeout=600, **env_vars):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_vars)
     return subprocess.run([sys.executable, "-m", "p8utils", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
@@ -31,8 +31,9 @@ def test_help_explains_every_option():
 @pytest.mark.slow
 def test_cli_run_end_to_end(tmp_path, sample_dir):
     out = tmp_path / "cli run"
+    # a fresh cache: the offline weights and the TFLite model are made (and the converter's dump logged) here
     proc = _run("run", "--input", str(sample_dir), "--output", str(out), "--weights", "offline",
-                "--variance", "0.9", "--master", "local[2]")
+                "--variance", "0.9", "--master", "local[2]", P8UTILS_CACHE=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"manifest -> {out}/manifest.json" in proc.stdout
     m = json.loads((out / "manifest.json").read_text())

@@ -186,3 +186,24 @@ def test_weights_from_a_keras_h5_file_with_or_without_top(tmp_path, offline_bund
     assert loaded.source == str(path) and loaded.sha256 == offline_bundle.sha256
     small = load_weights("mobilenet_v2", str(path), image_size=128)  # a file's weights fit every size
     assert small.spec.input_size == (128, 128) and small.sha256 == offline_bundle.sha256
+
+
+def test_offline_weights_come_from_the_disk_cache_the_second_time(tmp_path, monkeypatch, offline_bundle):
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("P8UTILS_CACHE", str(tmp_path))
+    first = load_weights("mobilenet_v2", "offline", seed=0)
+    assert first.sha256 == offline_bundle.sha256, "cached or not, the same weights"
+    files = glob.glob(str(tmp_path / "weights" / "*.npz"))
+    assert len(files) == 1
+    code = ("import sys; from p8utils.models import load_weights; b = load_weights('mobilenet_v2', 'offline'); "
+            "print(b.sha256, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "P8UTILS_CACHE": str(tmp_path)}).stdout.split()
+    assert out == [offline_bundle.sha256, "False"], "from the cache, without importing TensorFlow"
+    with open(files[0], "r+b") as fh:  # corrupt it: rebuilt, same weights
+        fh.write(b"junk")
+    assert load_weights("mobilenet_v2", "offline", seed=0).sha256 == offline_bundle.sha256

@@ -42,3 +42,16 @@ def test_hadoop_filesystem_branch(spark, tmp_path, monkeypatch):
     assert storage.read_bytes(f + ".2", spark) == b"\x00\x01hello"
     storage.delete(base + "/deep", spark)
     assert not (tmp_path / "deep").exists()
+
+
+def test_cached_files_are_trusted_only_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("P8UTILS_CACHE", str(tmp_path / "c"))
+    where = storage.cache_dir("things")
+    assert where == str(tmp_path / "c" / "things")
+    path = f"{where}/x.bin"
+    assert storage.read_cached(path) is None
+    storage.write_cached(path, b"payload")
+    assert storage.read_cached(path) == b"payload"
+    with open(path, "wb") as fh:
+        fh.write(b"payl")  # a partial write (a killed process) or another file: not trusted
+    assert storage.read_cached(path) is None
