@@ -70,6 +70,15 @@ def _add_parameters(parser: argparse.ArgumentParser, names: Optional[Sequence[st
         target.add_argument("--" + p.name.replace("_", "-"), dest=p.name, **kwargs)
 
 
+def _add_console_options(parser: argparse.ArgumentParser) -> None:
+    """Options of what a run shows and writes besides its data (not run parameters)."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO level on the console instead of into <output>/logs/")
+    parser.add_argument("--no-explorer", dest="explorer", action="store_false",
+                        help="do not write <output>/explorer.html (the interactive PC scatter; needs the notebook "
+                             "extras)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser; the ``run`` options are generated from :class:`p8utils.config.RunConfig`."""
     parser = argparse.ArgumentParser(
@@ -94,9 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_parameters(run)
-    run.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    run.add_argument("--no-explorer", dest="explorer", action="store_false",
-                     help="do not write <output>/explorer.html (the interactive PC scatter; needs the notebook extras)")
+    _add_console_options(run)
 
     from p8utils.config import RunConfig
     from p8utils.pipeline import MODEL_PARAMETERS
@@ -113,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     project.add_argument("--run", required=True, default=argparse.SUPPRESS, help="the run folder or URI to project on")
     _add_parameters(project, [n for n in RunConfig.names() if n not in ("k", "variance")], MODEL_PARAMETERS)
-    project.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    project.add_argument("--no-explorer", dest="explorer", action="store_false",
-                         help="do not write <output>/explorer.html")
+    _add_console_options(project)
 
     check = sub.add_parser(
         "check",

@@ -201,29 +201,19 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Parameter:
-    """The description of one run parameter, read from :class:`RunConfig`'s fields.
+    """The description of one run parameter, read from :class:`RunConfig`'s fields (one attribute each)."""
 
-    Attributes
-    ----------
-    name : str
-        Field name (CLI flag ``--name-with-dashes``).
-    kind : str
-        ``"str"``, ``"int"``, ``"float"`` or ``"list"`` (of strings).
-    default : Any
-        Default value; :data:`REQUIRED` for ``input`` and ``output``.
-    help : str
-        One line.
-    choices : tuple or None
-        Allowed values, when the parameter is an enumeration.
-    group : str or None
-        Parameters sharing a group are mutually exclusive (``k`` / ``variance``).
-    """
-
+    #: Field name (CLI flag ``--name-with-dashes``).
     name: str
+    #: ``"str"``, ``"int"``, ``"float"`` or ``"list"`` (of strings).
     kind: str
+    #: Default value; :data:`REQUIRED` for ``input`` and ``output``.
     default: Any
+    #: One line (also the comment of the notebooks' parameters cells).
     help: str
+    #: Allowed values, when the parameter is an enumeration; else None.
     choices: Optional[Tuple[Any, ...]]
+    #: Parameters sharing a group are mutually exclusive (``k`` / ``variance``); else None.
     group: Optional[str]
 
     @property

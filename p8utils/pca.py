@@ -83,15 +83,9 @@ class PCAResult:
     components: np.ndarray = field(repr=False)
     n_rows: int = 0
 
-    @property
-    def width(self) -> int:
-        """Feature width ``d``."""
-        return int(self.mean.shape[0])
-
-    @property
-    def explained_at_k(self) -> float:
-        """Cumulative explained variance of the ``k`` kept components."""
-        return float(self.cumulative_variance[self.k - 1])
+    width = property(lambda self: int(self.mean.shape[0]), doc="Feature width ``d`` (int).")
+    explained_at_k = property(lambda self: float(self.cumulative_variance[self.k - 1]),
+                              doc="Cumulative explained variance of the ``k`` kept components (float).")
 
     def to_bytes(self) -> bytes:
         """Serialise the fit (``.npz``): what a run keeps to project new images later."""

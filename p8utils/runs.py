@@ -100,6 +100,11 @@ STAGING = "_staging"
 TRASH = "_trash"
 
 
+def _place(*parts: str, doc: str) -> property:
+    """Make a :class:`RunLayout` property: the path ``<root>/<parts...>``."""
+    return property(lambda layout: layout._sub(*parts), doc=doc)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Where everything of one run folder is (nothing is created).
@@ -115,60 +120,17 @@ class RunLayout:
     def _sub(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
 
-    @property
-    def features(self) -> str:
-        """The features parquet dataset."""
-        return self._sub("features")
-
-    @property
-    def pca(self) -> str:
-        """The PCA scores parquet dataset."""
-        return self._sub("pca")
-
-    @property
-    def manifest(self) -> str:
-        """The manifest, written last."""
-        return self._sub(MANIFEST)
-
-    @property
-    def pca_model(self) -> str:
-        """The PCA fit (mean, components, explained variance; ``.npz``), inside ``pca/``."""
-        return self._sub("pca", "_model.npz")
-
-    @property
-    def figures(self) -> str:
-        """PNG figures of notebooks 01 / 02."""
-        return self._sub("figures")
-
-    @property
-    def analysis(self) -> str:
-        """Notebook 03's folder (``figures/``, tables)."""
-        return self._sub("analysis")
-
-    @property
-    def notebooks(self) -> str:
-        """Executed notebooks."""
-        return self._sub("notebooks")
-
-    @property
-    def lease(self) -> str:
-        """The lock file of the run that holds the folder."""
-        return self._sub(LEASE)
-
-    @property
-    def staging_root(self) -> str:
-        """Parent of every run's staging folder."""
-        return self._sub(STAGING)
-
-    @property
-    def trash_root(self) -> str:
-        """Parent of every run's trash folder."""
-        return self._sub(TRASH)
-
-    @property
-    def journal(self) -> str:
-        """In a trash folder: what a commit is doing (for a run that finds it half done)."""
-        return self._sub("journal.json")
+    features = _place("features", doc="The features parquet dataset.")
+    pca = _place("pca", doc="The PCA scores parquet dataset.")
+    manifest = _place(MANIFEST, doc="The manifest, written last.")
+    pca_model = _place("pca", "_model.npz", doc="The PCA fit (mean, components, explained variance; .npz).")
+    figures = _place("figures", doc="PNG figures of notebooks 01 / 02.")
+    analysis = _place("analysis", doc="Notebook 03's folder (``figures/``, tables).")
+    notebooks = _place("notebooks", doc="Executed notebooks.")
+    lease = _place(LEASE, doc="The lock file of the run that holds the folder.")
+    staging_root = _place(STAGING, doc="Parent of every run's staging folder.")
+    trash_root = _place(TRASH, doc="Parent of every run's trash folder.")
+    journal = _place("journal.json", doc="In a trash folder: the moves of a commit (for a run finding it half done).")
 
     def staging(self, run_id: str) -> RunLayout:
         """Layout of ``run_id``'s staging folder (same sub-folders as a run)."""
@@ -498,23 +460,15 @@ class _Refresher(threading.Thread):
 
 @dataclass(frozen=True)
 class RowCheck:
-    """The staged features against the listing: the manifest's counts.
+    """The staged features against the listing: the manifest's counts (one attribute each)."""
 
-    Attributes
-    ----------
-    listed : int
-        Files in the listing.
-    rows : int
-        Rows staged (equal to ``listed`` once the check passed).
-    ok : int
-        Rows with features.
-    failed_by_reason : dict of str to int
-        Rows with an error, by reason (sorted by reason).
-    """
-
+    #: Files in the listing.
     listed: int
+    #: Rows staged (equal to ``listed`` once the check passed).
     rows: int
+    #: Rows with features.
     ok: int
+    #: Rows with an error, by reason (sorted by reason).
     failed_by_reason: Dict[str, int] = field(default_factory=dict)
 
     @property

@@ -510,7 +510,7 @@ def write_explorer(
     Returns
     -------
     str
-        Where the file was written: an absolute local path, or the URI.
+        The page's location (absolute local path or URI), to open in a browser or pass to :func:`notebook_view`.
 
     Raises
     ------

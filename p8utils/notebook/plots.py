@@ -56,6 +56,7 @@ import pandas as pd
 from p8utils.errors import ParameterError
 from p8utils.notebook import missing_extra
 from p8utils.pca import VARIANCE_TOLERANCE, k_for_variance
+from p8utils.probe import PLATEAU_TOLERANCE, plateau_k
 from p8utils.validation import check_fraction, check_int
 
 try:
@@ -75,6 +76,7 @@ __all__ = [
     "extreme_indices",
     "image_grid",
     "k_for_thresholds",
+    "probe_plot",
     "scatter",
     "scatter_3d",
     "to_pyplot",
@@ -878,10 +880,10 @@ def scatter_3d(
     title: str | None = None,
     explained: Sequence[float] | None = None,
     *,
-    elev: float = 20.0,
-    azim: float = -60.0,
     show_counts: bool = False,
+    elev: float = 20.0,
     point_size: float | None = None,
+    azim: float = -60.0,
     alpha: float = 0.8,
     legend_rows: int = 26,
     figsize: tuple[float, float] | None = None,
@@ -984,6 +986,17 @@ def _to_rgb_array(image: np.ndarray | bytes | bytearray | memoryview | None) -> 
     return arr
 
 
+def _draw_image(ax: Any, image: Any, placeholder: str, fontsize: str) -> None:
+    """Show ``image`` (array or encoded bytes) in ``ax``; a grey cell saying ``placeholder`` if it cannot decode."""
+    arr = _to_rgb_array(image)
+    if arr is None:
+        ax.set_facecolor("0.9")
+        ax.text(0.5, 0.5, placeholder, ha="center", va="center", color="#b22222", transform=ax.transAxes,
+                fontsize=fontsize)
+    else:
+        ax.imshow(arr, interpolation="antialiased")
+
+
 def _wrap_title(text: str, width: int, max_lines: int = 2) -> str:
     """Wrap ``text`` to ``width`` characters, at most ``max_lines`` lines, "…" if cut."""
     lines = textwrap.wrap(text, max(width, 4)) or [" "]
@@ -1053,15 +1066,8 @@ def image_grid(
         if idx >= len(images):
             ax.set_axis_off()
             continue
-        arr = _to_rgb_array(images[idx])
-        label = _wrap_title(_escape(names[idx]), max_label_chars)
-        if arr is None:
-            ax.set_facecolor("0.9")
-            ax.text(0.5, 0.5, "cannot decode", ha="center", va="center", color="#b22222",
-                    transform=ax.transAxes, fontsize="small")
-        else:
-            ax.imshow(arr, interpolation="antialiased")
-        ax.set_title(label, fontsize="small")
+        _draw_image(ax, images[idx], "cannot decode", "small")
+        ax.set_title(_wrap_title(_escape(names[idx]), max_label_chars), fontsize="small")
         for spine in ax.spines.values():
             spine.set_visible(False)
     if title:
@@ -1156,11 +1162,11 @@ def component_extremes(
     title : str, optional
         Figure title; default names the two ends.
     cell_size : float, default 1.35
-        Size of one image in inches.
+        Inches per image, horizontally and vertically.
     max_label_chars : int, default 20
-        Wrap width of the labels, in characters.
+        Labels longer than this many characters are wrapped.
     pyplot : bool, default False
-        Create the figure through pyplot (for sparkmagic ``%matplot plt``).
+        Whether pyplot manages the figure (sparkmagic's ``%matplot plt`` shows pyplot's current figure).
 
     Returns
     -------
@@ -1215,13 +1221,7 @@ def component_extremes(
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
-            arr = _to_rgb_array(image)
-            if arr is None:
-                ax.set_facecolor("0.9")
-                ax.text(0.5, 0.5, "cannot\ndecode", ha="center", va="center", color="#b22222",
-                        transform=ax.transAxes, fontsize="x-small")
-            else:
-                ax.imshow(arr, interpolation="antialiased")
+            _draw_image(ax, image, "cannot\ndecode", "x-small")
             if name:
                 ax.set_xlabel(_wrap_title(_escape(name), max_label_chars), fontsize="x-small")
             if col == 0:
@@ -1232,4 +1232,127 @@ def component_extremes(
     fig.suptitle(title if title is not None else
                  f"Images at both ends of PC{comps[0] + 1}" + (f"–PC{comps[-1] + 1}" if m > 1 else "")
                  + f": {p} lowest scores (left), {p} highest (right)")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# linear probe
+# --------------------------------------------------------------------------
+
+
+def probe_plot(
+    curve: pd.DataFrame,
+    explained: Sequence[float],
+    *,
+    variance_target: float = 0.95,
+    tolerance: float | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] = (9.0, 5.5),
+    pyplot: bool = False,
+) -> Figure:
+    """Held-out probe accuracy against ``k``, with the cumulative explained variance on the same ``k`` axis.
+
+    Shows what ``k`` components keep for recognition next to what they keep
+    of the variance: a variance target can need many more components than
+    the accuracy plateau. The smallest ``k`` reaching ``variance_target`` and
+    the plateau (:func:`p8utils.probe.plateau_k`: the smallest ``k`` within
+    ``tolerance`` of the best accuracy) get a vertical line each; the raw
+    features' accuracy, when the curve has it, is a dashed horizontal line.
+
+    Parameters
+    ----------
+    curve : pandas.DataFrame
+        :func:`p8utils.probe.probe_curve`'s output: ``representation``, ``k``,
+        ``accuracy`` (fractions) and ``macro_f1``.
+    explained : array_like, shape (d,), float
+        Explained-variance ratio of every component (``PCAResult.explained_variance``).
+    variance_target : float, default 0.95
+        Cumulative variance in (0, 1] whose ``k`` is marked.
+    tolerance : float, optional
+        Accuracy below the best that counts as the plateau (default
+        :data:`p8utils.probe.PLATEAU_TOLERANCE`, 0.5 point).
+    title : str, optional
+        Figure title.
+    figsize : tuple of (float, float), default (9.0, 5.5)
+        Width and height in inches.
+    pyplot : bool, default False
+        Create the figure through pyplot (for sparkmagic ``%matplot plt``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig.axes[0]``: accuracy and macro-F1 (left, %), the markers and the
+        legend; ``fig.axes[1]``: cumulative explained variance (right, %);
+        log-scaled ``k`` axis.
+
+    Raises
+    ------
+    ParameterError
+        A curve without PCA rows or without the columns above.
+    """
+    missing = [c for c in ("representation", "k", "accuracy", "macro_f1") if c not in getattr(curve, "columns", ())]
+    if missing:
+        raise ParameterError(f"curve lacks the columns {missing}: pass the DataFrame of p8utils.probe.probe_curve")
+    pcs = curve[curve["representation"] == "pca"].sort_values("k")
+    if pcs.empty:
+        raise ParameterError("curve has no PCA row: call probe_curve with ks within [1, fit.k]")
+    ratios = _as_explained(explained)
+    target = float(check_fraction("variance_target", variance_target))
+    tol = PLATEAU_TOLERANCE if tolerance is None else float(tolerance)
+    cumulative = np.cumsum(ratios)
+    k_var = k_for_variance(ratios, target)
+    k_flat = plateau_k(curve, tol)
+    best = float(pcs["accuracy"].max())
+
+    fig = _new_figure(figsize, pyplot)
+    ax = fig.add_subplot()
+    ax_var = ax.twinx()
+    ks = pcs["k"].to_numpy(dtype=int)
+    right = max(int(ks.max()), k_var or 1) * 1.25
+    x = np.arange(1, ratios.size + 1)
+    shown = x <= right
+    ax_var.plot(x[shown], cumulative[shown], color="0.45", linewidth=1.6, zorder=2)
+    ax_var.set_ylim(0.0, 1.05)
+    ax_var.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0, symbol=" %"))
+    ax_var.set_ylabel("cumulative explained variance", color="0.35")
+
+    ax.plot(ks, pcs["accuracy"], color="#1f77b4", marker="o", linewidth=2.0, zorder=4)
+    ax.plot(ks, pcs["macro_f1"], color="#ff7f0e", marker=".", linewidth=1.2, linestyle="-.", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlim(0.8, right)
+    ax.set_xlabel("k (principal components, log scale)")
+    ax.set_ylabel("held-out score (linear probe)", color="#1f77b4")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0, symbol=" %"))
+    low = float(min(pcs["accuracy"].min(), pcs["macro_f1"].min()))
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, best + 0.05) + 0.01)
+    ax.grid(color="0.92", zorder=0)
+
+    n_test = int(pcs["n_test"].iloc[0]) if "n_test" in pcs.columns else None
+    handles: list[Any] = [
+        Line2D([], [], color="#1f77b4", marker="o", linewidth=2.0,
+               label="accuracy" + (f" ({n_test} held-out images)" if n_test else "")),
+        Line2D([], [], color="#ff7f0e", marker=".", linestyle="-.", label="macro-F1"),
+        Line2D([], [], color="0.45", linewidth=1.6, label="cumulative variance (right axis)"),
+    ]
+    raw = curve[curve["representation"] == "raw"]
+    if not raw.empty:
+        acc = float(raw["accuracy"].iloc[0])
+        ax.axhline(acc, color="#1f77b4", linestyle="--", linewidth=1.0, zorder=1)
+        handles.append(Line2D([], [], color="#1f77b4", linestyle="--",
+                              label=f"raw features ({int(raw['k'].iloc[0])}-d): {_pct(acc)}"))
+    if k_flat is not None:
+        acc = float(pcs.loc[pcs["k"] == k_flat, "accuracy"].iloc[0])
+        ax.axvline(k_flat, color="#2ca02c", linestyle=":", linewidth=1.6, zorder=1)
+        handles.append(Line2D([], [], color="#2ca02c", linestyle=":", linewidth=1.6,
+                              label=f"accuracy plateau (within {tol * 100:g} pt of the best): k = {k_flat}, "
+                                    f"{_pct(acc)}"))
+    if k_var is not None:
+        ax.axvline(k_var, color="#d62728", linestyle=":", linewidth=1.6, zorder=1)
+        handles.append(Line2D([], [], color="#d62728", linestyle=":", linewidth=1.6,
+                              label=f"{_pct(target)} of the variance: k = {k_var}"))
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, fontsize="small",
+              frameon=False)
+    ax.set_zorder(ax_var.get_zorder() + 1)  # the probe curves and the legend above the variance curve
+    ax.patch.set_visible(False)
+    fig.suptitle(title if title is not None else "What k components keep: recognition (linear probe) vs variance")
     return fig
