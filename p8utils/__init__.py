@@ -2,16 +2,21 @@
 
 Modules
 -------
+config      RunConfig: every run parameter, its default, help text and check (one home).
+runs        The run protocol: output layout, lease, staging, row check, commit, manifest.
 spark       SparkSession: the active one (Livy, spark-submit) or a local one.
-storage     Small file operations on local paths and Hadoop URIs (s3://, hdfs://).
-images      Listing images with Spark's ``binaryFile`` source and decoding them.
+storage     Small file operations on local paths and URIs (s3://, hdfs://), the disk cache.
+images      Listing images (Python scan, Spark, or a file list) and decoding them.
 models      Model registry and weights sources (ImageNet, file, offline seeded).
-featurize   The iterator pandas UDF turning image bytes into feature vectors.
-pca         One Spark ML PCA fit, k choice, centred projection.
-pipeline    End-to-end run with output layout and manifest.
-notebook    Presentation (notebook extras): paths, samples, summaries, plots, figures, progress.
-sample      The generated synthetic sample (``data_sample/``).
-cli         ``python -m p8utils run …`` (also through ``spark-submit``).
+engines     Inference engines: keras, tflite (fp32), tflite-int8 (calibrated).
+featurize   The iterator pandas UDF turning image files into feature vectors.
+pca         PCA fit (covariance or Spark ML), k choice, centred projection, class centroids.
+probe       Linear probe (held-out logistic-regression accuracy) of a features table.
+pipeline    ``run`` (list, featurize, check, PCA, commit) and ``project`` (new images on a run's PCA).
+errors      ParameterError and the other errors the CLI maps to exit codes.
+validation  Parameter checks with messages that say what to do.
+notebook    Presentation (notebook extras): paths, samples, summaries, plots, figures, explorer, analysis.
+cli         ``python -m p8utils run|project|check`` (also through ``spark-submit``).
 
 Heavy dependencies (pyspark, tensorflow) are imported by the modules that need
 them, not here, so ``import p8utils`` is cheap.

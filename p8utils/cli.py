@@ -266,13 +266,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     """Featurize one image in-process and print JSON (width, norm, error)."""
     import numpy as np
 
+    from p8utils.engines import get_engine
     from p8utils.featurize import featurize_bytes
+    from p8utils.images import decode_image
     from p8utils.models import load_weights
 
     with open(args.image, "rb") as fh:
         data = fh.read()
     bundle = load_weights(args.model, args.weights, seed=args.seed, image_size=args.image_size)
-    row = featurize_bytes([data], bundle, engine=args.engine).iloc[0]
+    calibration = None
+    if get_engine(args.engine).calibrated:  # int8: activation ranges from the one image checked
+        pixels, _ = decode_image(data, bundle.spec.input_size)
+        calibration = None if pixels is None else bundle.spec.preprocess(pixels[None])
+    row = featurize_bytes([data], bundle, engine=args.engine, calibration=calibration).iloc[0]
     feats = row["features"]
     out = {
         "image": args.image, "model": args.model, "weights": bundle.source, "sha256": bundle.sha256,

@@ -169,19 +169,12 @@ def k_for_variance(explained: np.ndarray, variance: float) -> Optional[int]:
 
 
 def choose_k(explained: np.ndarray, variance: float) -> int:
-    """Smallest k whose cumulative explained variance reaches ``variance`` (``d`` if never).
-
-    Parameters
-    ----------
-    explained : numpy.ndarray
-        Shape ``(d,)``: explained-variance ratios, descending.
-    variance : float
-        Target in ``(0, 1]``.
+    """:func:`k_for_variance`, or ``d`` (all components) when the target is never reached numerically.
 
     Returns
     -------
     int
-        In ``[1, d]`` (``d`` when the target is never reached numerically).
+        In ``[1, d]``.
     """
     k = k_for_variance(explained, variance)
     return int(np.asarray(explained).shape[0]) if k is None else k

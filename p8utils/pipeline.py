@@ -30,7 +30,7 @@ from p8utils import pca as pca_mod
 from p8utils.config import RunConfig
 from p8utils.errors import ParameterError
 from p8utils.featurize import featurize
-from p8utils.models import WeightsBundle, load_weights
+from p8utils.models import DEFAULT_IMAGE_SIZE, WeightsBundle, load_weights
 from p8utils.pca import PCAResult, fit_pca, transform
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -332,14 +332,24 @@ def _previous_features(config: RunConfig, active: runs.ActiveRun, bundle: Weight
     if config.mode != "incremental" or not storage.exists(active.layout.manifest, spark):
         return None
     previous = runs.read_manifest(config.output, spark)
-    used = (previous["parameters"]["model"], previous["weights"]["sha256"])
-    if used != (config.model, bundle.sha256):
+    used, wanted = _numerics(previous["parameters"], previous["weights"]["sha256"]), _numerics(
+        config.to_manifest(), bundle.sha256)
+    if used != wanted:
+        differ = ", ".join(f"{k}={used[k]!r} (now {wanted[k]!r})" for k in used if used[k] != wanted[k])
         raise ParameterError(
-            f"mode='incremental' but output={config.output!r} holds features of model={used[0]!r} with weights "
-            f"sha256={used[1][:12]}…, not model={config.model!r} sha256={bundle.sha256[:12]}…. Fix: use the same "
-            "model and weights, or mode='overwrite' to recompute everything, or a new output."
+            f"mode='incremental' but output={config.output!r} holds features made with {differ}: a table mixing "
+            "them would hold incomparable features. Fix: use the same model, weights, image_size and engine "
+            "precision, or mode='overwrite' to recompute everything, or a new output."
         )
     return spark.read.parquet(storage.spark_path(active.layout.features))
+
+
+def _numerics(parameters: Dict[str, Any], weights_sha256: str) -> Dict[str, Any]:
+    """Return what makes two runs' features comparable: model, weights, input size, the engine's precision."""
+    engine = engines.get_engine(parameters["engine"])
+    return {"model": parameters["model"], "weights sha256": weights_sha256[:12] + "…",
+            "image_size": parameters.get("image_size", DEFAULT_IMAGE_SIZE),
+            "precision": "int8 (calibrated)" if engine.calibrated else "float32"}
 
 
 def _features(

@@ -183,7 +183,7 @@ def stratified_split(
 
 
 def _as_vector(col: str, width: Optional[int] = None):  # noqa: ANN202 - a pyspark Column
-    """``col`` (array or ml Vector) as an ml Vector column, cut to its first ``width`` entries when given."""
+    """Return the array column ``col`` as an ml Vector column, cut to its first ``width`` entries when given."""
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
@@ -238,15 +238,22 @@ def _prepared(df: DataFrame, features_col: str, label_col: str, id_col: str, tes
               max_rows: Optional[int]) -> Tuple[DataFrame, int, int, int]:
     """Rows with features, split and label-indexed, persisted; with n_classes, n_train, n_test."""
     from pyspark import StorageLevel
+    from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType
 
     if features_col not in df.columns:
         raise ParameterError(f"features_col={features_col!r} is not a column of the DataFrame {df.columns}.")
     rows = df.where(F.col(features_col).isNotNull() & F.col(label_col).isNotNull())
+    if not isinstance(df.schema[features_col].dataType, ArrayType):  # an ml Vector: as an array, like the others
+        rows = rows.withColumn(features_col, vector_to_array(F.col(features_col)))
     split = stratified_split(rows, label_col=label_col, test_fraction=test_fraction, seed=seed, id_col=id_col,
                              max_rows=max_rows)
     split, n_classes = _indexed(split, label_col)
-    split = split.persist(StorageLevel.MEMORY_AND_DISK)
+    # The per-class window leaves spark.sql.shuffle.partitions partitions (200 by default): every L-BFGS
+    # iteration would run that many tasks on a few thousand rows. One partition per core is enough.
+    cores = max(1, split.sparkSession.sparkContext.defaultParallelism)
+    split = split.coalesce(cores).persist(StorageLevel.MEMORY_AND_DISK)
     sizes = {bool(r[0]): int(r[1]) for r in split.groupBy(SPLIT_COL).count().collect()}
     n_train, n_test = sizes.get(False, 0), sizes.get(True, 0)
     if n_classes < 2 or n_test == 0:
@@ -276,18 +283,14 @@ def linear_probe(
     df : pyspark.sql.DataFrame
         A features table: ``features_col`` (array<float|double>[d] or ml
         Vector; null rows are left out), ``label_col``, ``id_col``.
-    features_col, label_col, id_col : str
-        Column names.
-    test_fraction : float
-        Held-out share of each class, in (0, 1).
-    seed : int
-        Seed of the split (:func:`stratified_split`).
+    features_col : str
+        Feature column.
     reg_param : float
         L2 strength (Spark's ``regParam``; scikit-learn ``C = 1 / (reg_param × n_train)``).
     max_iter : int
         L-BFGS iterations.
-    max_rows : int, optional
-        At most about this many rows, the same number per class.
+    label_col, id_col, test_fraction, seed, max_rows
+        The split, as in :func:`stratified_split`.
 
     Returns
     -------

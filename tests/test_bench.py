@@ -32,22 +32,35 @@ def test_bench_runs_on_a_tiny_input(tmp_path, sample_dir):
         (tiny / cls.name).mkdir(parents=True)
         for f in sorted(cls.glob("*.jpg"))[:2]:
             (tiny / cls.name / f.name).write_bytes(f.read_bytes())
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), P8UTILS_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--input", str(tiny), "--min-images", "24",
-         "--repeats", "1", "--raw-images", "8", "--batch-size", "8", "--engines", "tflite", "--json", str(out)],
-        capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
+        [sys.executable, str(BENCH), "--quick", "--input", str(tiny), "--min-images", "24", "--batch-size", "8",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["raw"]) == {"tflite"} and set(result["pipeline"]) == {"tflite"}
-    assert result["pipeline"]["tflite"]["images"] == 32  # 16 images repeated up to >= 24
-    for r in result["raw"].values():
-        assert r["best"] > 0 and r["one_process"] > 0 and r["per_core"] > 0
-    assert result["seeds"]["img_per_s"] > 0 and result["speedup_vs_seeds"] > 0
-    assert result["pca_fit_s"] > 0 and result["memory"]["python_worker_peak_mb"] > 0
-    assert result["profile_ms_per_image_one_core"]["decode_resize_ms"] > 0
-    assert "pipeline end-to-end, engine=tflite" in proc.stdout and "seeds method" in proc.stdout
+    configs = result["configs"]
+    assert set(configs) == {"tflite:224", "tflite-int8:224", "tflite:96"} and result["reference"] == "tflite:224"
+    for name, c in configs.items():
+        assert c["pipeline"]["images"] == 32, name  # 16 images repeated up to >= 24
+        assert c["raw"]["best"] > 0 and c["raw"]["one_process"] > 0 and c["raw"]["per_core"] > 0
+        assert c["pipeline"]["img_per_s"] > 0 and c["pipeline"]["run_img_per_s"] > 0
+        assert 0 <= c["probe"]["mean_accuracy"] <= 1 and c["probe"]["n_test"] == 8  # distinct photos only
+        assert c["python_worker_peak_mb"] > 0
+    int8 = configs["tflite-int8:224"]
+    for fid in (int8["cosine_vs_reference"], int8["cosine_vs_fp32_same_size"]):
+        assert 0.5 < fid["min"] <= fid["p1"] <= fid["median"] <= 1.0 and fid["images"] == 32
+    assert "cosine_vs_reference" not in configs["tflite:224"]
+    assert set(result["pca"]) == {"pipeline features", "300", "1k"}
+    for p in result["pca"].values():
+        assert p["covariance"]["median_s"] > 0 and p["spark_ml"]["median_s"] > 0 and p["speedup"] > 0
+    assert result["seeds"]["img_per_s"] > 0 and result["ratios"]["tflite:96"]["pipeline_over_seeds"] > 0
+    assert result["memory"]["python_worker_peak_mb"] > 0 and result["fastest_within_probe"] in configs
+    assert set(result["profile_ms_per_image_one_core"]) == {"224", "96"}
+    assert {t["met"] for t in result["targets"]} <= {True, False, None} and len(result["targets"]) == 6
+    for text in ("tflite-int8:224", "seeds method", "PCA fit 1k (1000 x 1280)", "targets (2 cores", "cos med"):
+        assert text in proc.stdout, text
 
 
 def test_prepare_input_repeats_to_the_minimum(tmp_path, sample_dir):

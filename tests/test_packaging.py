@@ -100,7 +100,7 @@ def test_package_is_python39_compatible():
 def test_ruff_clean():
     ruff = pytest.importorskip("ruff")
     del ruff
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "p8utils", "tests", "scripts", "benchmarks"],
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "."],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout
 

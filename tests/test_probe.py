@@ -75,6 +75,13 @@ def test_probe_equals_scikit_learn_on_the_same_split(clusters):
     assert linear_probe(clusters, seed=0) == result  # deterministic
 
 
+def test_probe_reads_ml_vectors(clusters):
+    from pyspark.ml.functions import array_to_vector
+
+    vectors = clusters.withColumn("features", array_to_vector("features"))
+    assert linear_probe(vectors, seed=0) == linear_probe(clusters, seed=0)
+
+
 def test_probe_curve_over_k(clusters):
     from p8utils.pca import fit_pca
 
@@ -108,3 +115,48 @@ def test_bad_parameters(spark, clusters):
                                 "array<float>")
     with pytest.raises(ParameterError, match="at least 2 classes"):
         linear_probe(one)
+
+
+# --------------------------------------------------------------------------- notebook 03's figure
+
+
+def _curve():
+    ks = [2, 5, 10, 50, 100, 200]
+    acc = [0.5, 0.8, 0.9, 0.996, 0.999, 1.0]
+    return pd.DataFrame({"representation": ["pca"] * 6 + ["raw"], "k": ks + [1280], "accuracy": acc + [0.998],
+                         "macro_f1": [a - 0.01 for a in acc] + [0.997], "cumulative_variance": np.nan,
+                         "n_train": 700, "n_test": 300})
+
+
+def test_probe_plot_marks_the_plateau_and_the_variance_target():
+    pytest.importorskip("matplotlib")
+    from p8utils.notebook.plots import probe_plot
+
+    explained = np.geomspace(1.0, 1e-4, 1280)
+    explained /= explained.sum()
+    fig = probe_plot(_curve(), explained)
+    ax, ax_var = fig.axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    k95 = int(np.argmax(np.cumsum(explained) >= 0.95)) + 1
+    assert any(t.startswith("accuracy plateau") and "k = 50" in t for t in legend), legend
+    assert any(t == f"95 % of the variance: k = {k95}" for t in legend), legend
+    assert any(t.startswith("raw features (1280-d)") for t in legend) and "300 held-out" in legend[0]
+    assert ax.get_xscale() == "log" and ax_var.get_ylim() == (0.0, 1.05)
+    with pytest.raises(ParameterError, match="no PCA row"):
+        probe_plot(_curve()[lambda c: c.representation == "raw"], explained)
+
+
+@pytest.mark.slow
+def test_analyse_run_with_the_probe(spark, sample_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from p8utils.notebook.analysis import analyse_run
+
+    result = analyse_run(spark, sample_run.output, str(tmp_path / "analysis"), probe=True, explorer=False,
+                         extreme_images=0, show_3d=False)
+    curve = result.probe_curve
+    assert curve is not None and curve.representation.iloc[-1] == "raw" and len(curve) >= 3
+    assert curve.accuracy.between(0, 1).all() and curve.k.iloc[-1] == 1280
+    assert (tmp_path / "analysis" / "figures" / "probe_accuracy.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "analysis" / "probe_curve.csv")
+    assert list(table.k) == list(curve.k) and "probe_accuracy" in result.figures
+    assert result.fit.k == 3 and result.fit.components.shape == (1280, 3)

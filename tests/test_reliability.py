@@ -263,11 +263,17 @@ def test_incremental_featurizes_only_new_and_changed(spark, sample_dir, tmp_path
     assert new_row.length == len(files[-1].read_bytes())
 
 
-def test_incremental_refuses_other_weights(spark, sample_dir, tmp_path):
+def test_incremental_refuses_other_weights_size_or_precision(spark, sample_dir, tmp_path):
     out = tmp_path / "o"
     pipeline.run(str(sample_dir), str(out), weights="offline", k=2, spark=spark)
     with pytest.raises(ParameterError, match="mode='overwrite' to recompute everything"):
         pipeline.run(str(sample_dir), str(out), weights="offline", seed=7, k=2, mode="incremental", spark=spark)
+    with pytest.raises(ParameterError, match=r"image_size=224 \(now 128\)"):
+        pipeline.run(str(sample_dir), str(out), weights="offline", image_size=128, k=2, mode="incremental",
+                     spark=spark)
+    with pytest.raises(ParameterError, match=r"precision='float32' \(now 'int8 \(calibrated\)'\)"):
+        pipeline.run(str(sample_dir), str(out), weights="offline", engine="tflite-int8", k=2, mode="incremental",
+                     spark=spark)
 
 
 def _cli(args, **kw):

@@ -20,12 +20,13 @@ Examples
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 from p8utils import pca, runs, storage
 from p8utils.notebook import explorer as explorer_page
 from p8utils.notebook import figures, plots, samples, summaries
+from p8utils.probe import DEFAULT_KS, probe_curve
 from p8utils.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,13 +35,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from pyspark.sql import SparkSession
 
-__all__ = ["Analysis", "analyse_run"]
+__all__ = ["PROBE_MAX_ROWS", "Analysis", "analyse_run"]
 
 #: Components kept for the scatter plots (and the component-extremes figure, the explorer's tabs).
 _PLOTTED_COMPONENTS = 3
 
 #: Side in pixels of the images read for the component-extremes figure.
 _EXTREME_IMAGE_PX = 160
+
+#: Rows the linear probe of :func:`analyse_run` uses at most (the same number per class), so it stays cheap.
+PROBE_MAX_ROWS = 20_000
 
 
 @dataclass
@@ -68,6 +72,9 @@ class Analysis:
         The cumulative-variance targets marked.
     explorer : str or None
         Where the explorer page was written (``<output>/explorer.html``), None if not made.
+    probe_curve : pandas.DataFrame or None
+        With ``probe=True``: :func:`p8utils.probe.probe_curve` (held-out
+        accuracy and macro-F1 per ``k``, cumulative variance, raw features).
     """
 
     run: runs.RunLayout
@@ -79,6 +86,7 @@ class Analysis:
     files: Dict[str, str] = field(default_factory=dict)
     thresholds: Sequence[float] = plots.DEFAULT_THRESHOLDS
     explorer: Optional[str] = None
+    probe_curve: Optional[pd.DataFrame] = field(default=None, repr=False)
 
     def summary(self) -> str:
         """Sum the analysis up in a few lines: rows, width, k per threshold, files written."""
@@ -99,6 +107,8 @@ def analyse_run(
     explorer: bool = True,
     explorer_points: int = explorer_page.MAX_POINTS,
     extreme_images: int = 5,
+    probe: bool = False,
+    probe_max_rows: int = PROBE_MAX_ROWS,
 ) -> Analysis:
     """Fit the PCA of a run's features once, draw the analysis figures and write them.
 
@@ -118,7 +128,7 @@ def analyse_run(
     show_3d : bool
         Also draw PC1–PC3 in 3-D.
     seed : int
-        Seed of the plotted sample.
+        Seed of the plotted sample (and of the probe's split).
     pyplot : bool
         Make the figures through pyplot (for sparkmagic's ``%matplot plt``).
     explorer : bool
@@ -130,6 +140,15 @@ def analyse_run(
     extreme_images : int
         Images per end in the ``component_extremes`` figure (read on the driver:
         at most ``2 * extreme_images * 3`` files); 0: no such figure.
+    probe : bool
+        Also run the linear probe (:func:`p8utils.probe.probe_curve`: Spark ML
+        logistic regression on a stratified split, seed ``seed``) on the centred
+        scores at ``k`` in :data:`p8utils.probe.DEFAULT_KS` and on the raw
+        features; figure ``probe_accuracy`` (accuracy vs ``k`` next to the
+        cumulative variance), table ``<output>/probe_curve.csv``.
+    probe_max_rows : int
+        The probe uses at most about this many rows, the same number per class
+        (default :data:`PROBE_MAX_ROWS`).
 
     Returns
     -------
@@ -139,7 +158,12 @@ def analyse_run(
     out = output or layout.analysis
     extreme_images = int(check_int("extreme_images", extreme_images, 0, example=5))
     features = spark.read.parquet(storage.spark_path(layout.features))
-    fit = pca.fit_pca(features, k=_PLOTTED_COMPONENTS)
+    if probe:  # every component for the probe; the plots use the first ones of the same fit
+        full = pca.fit_pca(features, variance=1.0)
+        fit = replace(full, k=_PLOTTED_COMPONENTS, variance_target=None,
+                      components=full.components[:, :_PLOTTED_COMPONENTS].copy())
+    else:
+        fit = pca.fit_pca(features, k=_PLOTTED_COMPONENTS)
     scores = samples.collect_scores(pca.transform(fit, features), max_plot_points, seed=seed)
     ev = fit.explained_variance
     drawn: Dict[str, Optional[Figure]] = {
@@ -154,15 +178,20 @@ def analyse_run(
         "component_extremes": _component_extremes(scores, ev, spark, extreme_images, pyplot)
         if extreme_images and scores.n >= 2 else None,
     }
+    curve = probe_curve(features, full, DEFAULT_KS, seed=seed, max_rows=probe_max_rows) if probe else None
+    if curve is not None:
+        drawn["probe_accuracy"] = plots.probe_plot(curve, ev, variance_target=pca.DEFAULT_VARIANCE, pyplot=pyplot)
     table = plots.variance_table(ev, thresholds)
     files = figures.save_figures(drawn, storage.join(out, "figures"), spark)
     files["variance_table"] = figures.save_table(table, storage.join(out, "variance_table.csv"), spark)
+    if curve is not None:
+        files["probe_curve"] = figures.save_table(curve, storage.join(out, "probe_curve.csv"), spark)
     page = _write_explorer(spark, layout, storage.join(out, explorer_page.EXPLORER_FILE), scores, ev,
                            explorer_points, seed) if explorer else None
     if page:
         files["explorer"] = page
     return Analysis(layout, out, fit, scores, table, {k: v for k, v in drawn.items() if v is not None}, files,
-                    tuple(thresholds), page)
+                    tuple(thresholds), page, curve)
 
 
 def _component_extremes(
