@@ -490,6 +490,9 @@ def _targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         out.append({"what": what, "value": "not measured" if value is None else fmt.format(value), "met": met,
                     "raw_value": value})
 
+    fp32 = ref["pipeline"]["img_per_s"] / ref["raw"]["best"] if ref else None
+    add("fp32-224 pipeline / raw fp32-224 engine (best of 1x2 and 2x1) >= 0.9", fp32,
+        None if fp32 is None else fp32 >= 0.9)
     ratio = int8["pipeline"]["img_per_s"] / ref["pipeline"]["img_per_s"] if ref and int8 else None
     add("int8-224 pipeline / fp32-224 pipeline >= 2", ratio, None if ratio is None else ratio >= 2.0)
     ok_probe = bool(ref and ref.get("probe"))
@@ -546,11 +549,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds-partitions", type=int, default=20,
                         help="partitions of the seeds' method (their notebook's repartition(20))")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: tflite and tflite-int8 at 224, tflite at 96, one repeat, small measures")
+                        help="smoke test: tflite at 224 and 96, tflite-int8 at 96, one repeat, small measures")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default runs/bench-*.json)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.configs, args.repeats, args.raw_images = "tflite:224,tflite-int8:224,tflite:96", 1, 8
+        args.configs, args.repeats, args.raw_images = "tflite:224,tflite-int8:96,tflite:96", 1, 8
         args.probe_seeds, args.pca_rows, args.seeds_partitions = 1, "300,1000", 4
     configs = _configs(args.configs)
     if _REFERENCE not in configs:

@@ -10,8 +10,8 @@ size (``python -m p8utils run``, the same code a user runs), and reports for eac
 * for the largest size, the listing alone: seconds and the driver's memory growth for the
   ``os.scandir`` listing of every file (:func:`p8utils.images.list_images`), in this process.
 
-Then, on a copy of the 10k input: a full run, an incremental run after adding 1 % new images, one after
-adding 10 %, and the full run of that final folder, so that "incremental +10 % / full" is measured
+Then, on the 10k input and on top of its full run's output: an incremental run after adding 1 % new
+images, one after adding 10 %, and the full run of that final folder, so that "incremental +10 % / full" is measured
 on the same files in one go. It prints a table and writes JSON. This is a benchmark, not a test; it
 takes about 20 minutes on 2 cores (most of it the 100k run).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -162,32 +163,39 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--incremental-base", type=int, default=10000, help="size of the incremental runs' base")
     p.add_argument("--workdir", type=Path, default=None, help="where inputs and runs go (default: a temp folder)")
     p.add_argument("--json", type=Path, default=ROOT / "runs" / f"cost-curve-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    p.add_argument("--run-args", default="", help="more `p8utils run` options for every run, e.g. '--image-size 96' "
+                   "(the curve's shape is the pipeline's; a faster model gets there sooner)")
     args = p.parse_args(argv)
+    common = shlex.split(args.run_args)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="p8utils-cost-"))
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
-    result: Dict[str, Any] = {"source": str(args.source), "cores": os.cpu_count(), "runs": []}
+    result: Dict[str, Any] = {"source": str(args.source), "cores": os.cpu_count(), "run_args": common, "runs": []}
     for n in sizes:
         folder = build_input(args.source, n, work / f"in_{n}")
         if n == max(sizes):
             result["listing"] = _listing_cost(folder)
             print(f"== listing {n} files: {result['listing']}", flush=True)
-        result["runs"].append(_run(f"full_{n}", folder, work / f"out_{n}", work, n))
+        result["runs"].append(_run(f"full_{n}", folder, work / f"out_{n}", work, n, common))
         if n != args.incremental_base:
             shutil.rmtree(work / f"out_{n}", ignore_errors=True)
             shutil.rmtree(folder, ignore_errors=True)
     base = args.incremental_base
-    folder, out = work / "inc_in", work / "inc_out"
-    build_input(args.source, base, folder)
-    result["runs"].append(_run(f"incremental_base_{base}", folder, out, work, base, ["--mode", "incremental"]))
+    if base in sizes:  # the full run of that size is the base: incremental runs go on top of its output
+        folder, out = work / f"in_{base}", work / f"out_{base}"
+    else:
+        folder, out = work / "inc_in", work / "inc_out"
+        build_input(args.source, base, folder)
+        result["runs"].append(_run(f"incremental_base_{base}", folder, out, work, base,
+                                   [*common, "--mode", "incremental"]))
     added = 0
     for share in (0.01, 0.10):
         more = int(base * share) - added
         build_input(args.source, more, folder, start=base + added)
         added += more
         result["runs"].append(_run(f"incremental_plus_{int(share * 100)}pct", folder, out, work, base + added,
-                                   ["--mode", "incremental"]))
-    result["runs"].append(_run(f"full_{base + added}", folder, work / "inc_full", work, base + added))
+                                   [*common, "--mode", "incremental"]))
+    result["runs"].append(_run(f"full_{base + added}", folder, work / "inc_full", work, base + added, common))
     runs = {r["name"]: r for r in result["runs"]}
     full_final = runs[f"full_{base + added}"]["seconds"]
     result["ratios"] = {

@@ -3,7 +3,8 @@
 #
 # Usage:
 #   bootstrap/run_step.sh pipeline --cluster-id j-XXXX --input s3://B/data/ --output s3://B/runs/r1/ \
-#       [--deploy-mode client|cluster] [--spark-conf KEY=VALUE]... [options] [-- EXTRA p8utils run ARGS]
+#       [--deploy-mode client|cluster] [--spark-conf KEY=VALUE]... [--core-type TYPE ...] [options]
+#       [-- EXTRA p8utils run ARGS]
 #   bootstrap/run_step.sh notebook --cluster-id j-XXXX --runner s3://B/.../run_notebook_on_master.sh \
 #       --notebook s3://B/.../02_emr_full_run.ipynb --input s3://B/data/ --output s3://B/runs/r1/ \
 #       [--executed s3://B/runs/r1/notebooks/02_emr_full_run.executed.ipynb] [-p NAME VALUE]...
@@ -22,6 +23,12 @@
 #   --action-on-failure A      CONTINUE (default), CANCEL_AND_WAIT or TERMINATE_CLUSTER
 #   --prefix DIR               where the bootstrap installed p8utils on the nodes (default /opt/p8utils)
 #   --wait                     wait until the step (or the notebook execution) completes
+#
+# Options for pipeline:
+#   --core-type TYPE, --core-count N, --yarn-memory-mb MB, --vcpus N
+#                              shape the executors (cores, memory, memoryOverhead) for these core nodes by
+#                              the arithmetic below [2 x m5.2xlarge, the kit's default cluster]
+#   --spark-conf KEY=VALUE     passed to spark-submit after the executor shape (so it wins)
 #
 # Options for notebook:
 #   --engine runner|studio     runner (default): an EMR step runs run_notebook_on_master.sh, papermill
@@ -194,8 +201,9 @@ instance_shape() {
     esac
     printf '%s %s\n' "$vcpus" "$((vcpus * gib_per_vcpu))"
 }
-session_config() { # TYPE COUNT [YARN_MB] [VCPUS] -> the %%configure JSON on stdout
-    local type=$1 count=$2 yarn=${3:-} vcpus=${4:-} shape gib cores per_node driver=4096 overhead heap
+size_executors() { # TYPE COUNT [YARN_MB] [VCPUS] -> sets cores, per_node, overhead, heap (MB), count
+    local type=$1 yarn=${3:-} vcpus=${4:-} shape gib driver=4096
+    count=$2
     [[ $count =~ ^[1-9][0-9]*$ ]] || die "--core-count must be a positive whole number, got '$count'"
     if [[ -z $yarn || -z $vcpus ]]; then
         shape=$(instance_shape "$type") ||
@@ -228,6 +236,10 @@ session_config() { # TYPE COUNT [YARN_MB] [VCPUS] -> the %%configure JSON on std
     done
     ((cores > 0)) ||
         die "core nodes of ${yarn} MB YARN memory are too small for an executor with 1.5 GB per core for TensorFlow and 1 GB of heap (and a ${driver} MB driver): use bigger core nodes or --session-config"
+}
+session_config() { # TYPE COUNT [YARN_MB] [VCPUS] -> the %%configure JSON on stdout
+    local cores per_node overhead heap count
+    size_executors "$@"
     printf '{"driverMemory":"2g","driverCores":1,"executorMemory":"%dg","executorCores":%d,"numExecutors":%d,' \
         $((heap / 1024)) "$cores" $((per_node * count))
     printf '"conf":{"spark.driver.memoryOverhead":"2g","spark.executor.memoryOverhead":"%dg",' $((overhead / 1024))
@@ -254,12 +266,16 @@ region_args=()
 
 if [[ $KIND == pipeline ]]; then
     [[ ${#NB_PARAMS[@]} -eq 0 && -z $NOTEBOOK && -z $RUNNER ]] || die "-p/--notebook/--runner belong to 'notebook' steps"
-    if [[ $ENGINE != runner || -n $SESSION_CONFIG ]] || sizing_asked; then
-        die "--engine/--session-config/--core-type/--core-count/--yarn-memory-mb/--vcpus belong to 'notebook' runs"
+    if [[ $ENGINE != runner || -n $SESSION_CONFIG ]]; then
+        die "--engine/--session-config belong to 'notebook' runs"
     fi
     [[ $DEPLOY_MODE == client || $DEPLOY_MODE == cluster ]] || die "--deploy-mode must be client or cluster"
     NAME=${NAME:-p8utils pipeline}
-    args=(spark-submit --deploy-mode "$DEPLOY_MODE")
+    # Executors shaped by the same arithmetic as the notebook's session (memoryOverhead = cores x 1.5 GiB
+    # for the Python workers); dynamic allocation decides how many. --spark-conf comes after: it wins.
+    size_executors "${CORE_TYPE:-m5.2xlarge}" "${CORE_COUNT:-2}" "$YARN_MB" "$VCPUS"
+    args=(spark-submit --deploy-mode "$DEPLOY_MODE" --conf "spark.executor.cores=$cores"
+        --conf "spark.executor.memory=$((heap / 1024))g" --conf "spark.executor.memoryOverhead=$((overhead / 1024))g")
     for conf in "${SPARK_CONFS[@]}"; do
         [[ $conf == *=* ]] || die "--spark-conf wants KEY=VALUE, got '$conf'"
         args+=(--conf "$conf")

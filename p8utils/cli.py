@@ -164,8 +164,8 @@ def _header(config: Any) -> List[str]:
     """List the parameters of a run in a few lines."""
     pca = f"k={config.k}" if config.k is not None else f"variance {config.variance}"
     return [f"p8utils run: {config.input} -> {config.output} (mode {config.mode})",
-            f"  model {config.model}, weights {config.weights}, engine {config.engine}, batch {config.batch_size}, "
-            f"PCA {pca}, reader {config.reader}"]
+            f"  model {config.model} at {config.image_size} px, weights {config.weights}, engine {config.engine}, "
+            f"batch {config.batch_size}, PCA {pca}, reader {config.reader}"]
 
 
 def _summary(result: Any, log_uri: Optional[str]) -> List[str]:

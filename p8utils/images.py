@@ -480,11 +480,12 @@ def _file_list_listing(spark: SparkSession, path: str, exts: Tuple[str, ...], de
     absolute = F.when(raw.startswith("/"), raw).otherwise(F.concat(F.lit(base.rstrip("/") + "/"), raw))
     norm = F.when(local, F.concat(F.lit("file:"), absolute)).otherwise(
         F.regexp_replace(raw, "^file:///", "file:/"))
+    # Every listed image counts, names starting with "_" or "." too: the list names them explicitly (a folder
+    # listing skips them, the Hadoop convention for metadata files), and the workers read them themselves.
     name_ok = F.lower(F.regexp_extract(norm, r"\.([^./]*)$", 1)).isin(*exts)
-    hidden = F.regexp_extract(norm, r"([^/]*)$", 1).rlike(r"^[._]")
     label = F.col("label").cast("string") if "label" in table.columns else F.lit(None).cast("string")
     frame = (table.where(raw.isNotNull() & (raw != "")).select(norm.alias("path"), label.alias("label"))
-             .where(name_ok & ~hidden).groupBy("path").agg(F.first("label", ignorenulls=True).alias("label")))
+             .where(name_ok).groupBy("path").agg(F.first("label", ignorenulls=True).alias("label")))
     frame = frame.join(_file_list_stats(table, raw, norm), "path", "left").select(
         "path",
         F.coalesce("label", F.regexp_extract("path", r"([^/]*)/[^/]*$", 1)).alias("label"),

@@ -461,11 +461,42 @@ def _offline(spec: ModelSpec, seed: int) -> WeightsBundle:
             arrays = [np.asarray(z[f"a{i}"], dtype=np.float32) for i in range(len(z.files))]
         log.info("offline weights from the cache: %s", path)
     else:
-        arrays = _offline_arrays(spec, int(seed))
-        buf = io.BytesIO()
-        np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
-        storage.write_cached(path, buf.getvalue())
+        data = _offline_in_subprocess(spec, int(seed))
+        with np.load(io.BytesIO(data)) as z:
+            arrays = [np.asarray(z[f"a{i}"], dtype=np.float32) for i in range(len(z.files))]
+        storage.write_cached(path, data)
     return WeightsBundle(spec, "offline", arrays, weights_digest(arrays), int(seed))
+
+
+#: TensorFlow threads of the BatchNorm calibration pass. Its float reductions depend on the thread count, so
+#: the pass runs in a fresh process with these fixed, never in the caller's (whose TensorFlow may already
+#: run with other thread pools, e.g. one thread in a Spark task): same weights, bit for bit, in any process.
+_OFFLINE_TF_THREADS = 2
+
+
+def _offline_in_subprocess(spec: ModelSpec, seed: int) -> bytes:
+    """Return the ``.npz`` bytes of :func:`_offline_arrays`, computed in a fresh Python process."""
+    import subprocess
+    import sys
+
+    w, _ = spec.input_size
+    code = ("import sys, tensorflow as tf\n"
+            f"tf.config.threading.set_intra_op_parallelism_threads({_OFFLINE_TF_THREADS})\n"
+            f"tf.config.threading.set_inter_op_parallelism_threads({_OFFLINE_TF_THREADS})\n"
+            "import numpy as np\n"
+            "from p8utils import models\n"
+            f"arrays = models._offline_arrays(models.get_spec({spec.name!r}, {w}), {seed})\n"
+            "np.savez(sys.argv[1], **{f'a{i}': a for i, a in enumerate(arrays)})\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this p8utils, installed or not
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    with tempfile.TemporaryDirectory(prefix="p8utils-offline-") as tmp:
+        out = os.path.join(tmp, "weights.npz")
+        proc = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"computing the offline weights failed:\n{proc.stderr[-3000:]}")
+        with open(out, "rb") as fh:
+            return fh.read()
 
 
 def _offline_arrays(spec: ModelSpec, seed: int) -> List[np.ndarray]:

@@ -790,9 +790,24 @@ def test_run_step_pipeline_and_notebook_steps(tmp_path):
     (cmd,) = _commands(res.stdout)
     assert cmd[:3] == ["aws", "emr", "add-steps"] and _option(cmd, "--cluster-id") == ["j-ABC"]
     (step,) = json.loads(_option(cmd, "--steps")[0])
+    # executors shaped like the notebook session of the default cluster (4 cores, 4g heap + 6g overhead),
+    # then the user's --spark-conf (later --conf wins)
+    session = _session_config()
+    assert (session["executorCores"], session["executorMemory"], session["conf"]["spark.executor.memoryOverhead"]) \
+        == (4, "4g", "6g")
     assert step["Args"] == ["spark-submit", "--deploy-mode", "cluster", "--conf", "spark.executor.cores=4",
+                            "--conf", "spark.executor.memory=4g", "--conf", "spark.executor.memoryOverhead=6g",
+                            "--conf", "spark.executor.cores=4",
                             "/opt/p8utils/p8utils_main.py", "run", "--input", INPUT, "--output", OUTPUT,
                             "--mode", "overwrite"]
+    res = _run([BOOT / "run_step.sh", "pipeline", "--print-json", "--core-type", "c5.4xlarge", "--input", INPUT,
+                "--output", OUTPUT], env=env)
+    assert res.returncode == 0, res.stderr
+    args = json.loads(res.stdout)[0]["Args"]
+    small = _session_config("--core-type", "c5.4xlarge")
+    shape = [f"spark.executor.cores={small['executorCores']}", f"spark.executor.memory={small['executorMemory']}",
+             f"spark.executor.memoryOverhead={small['conf']['spark.executor.memoryOverhead']}"]
+    assert args[:9] == ["spark-submit", "--deploy-mode", "client"] + [x for c in shape for x in ("--conf", c)]
 
     res = _run([BOOT / "run_step.sh", "notebook", "--print-json", "--runner", "s3://b/d/run_notebook_on_master.sh",
                 "--notebook", "s3://b/d/notebooks/02_emr_full_run.ipynb", "--input", INPUT, "--output", OUTPUT,

@@ -309,7 +309,8 @@ def test_job_survives_losing_a_worker_during_featurization(cluster, sample_run, 
     src, origin = copied_input
     out = tmp_path / "out"
     args = ["--input", str(src), "--output", str(out), "--weights", "offline", "--k", "5",
-            "--images-per-partition", "27"]  # 12 tasks: a worker can be lost mid-stage
+            "--images-per-partition", "27",  # 12 tasks: a worker can be lost mid-stage
+            "--verbose"]  # Spark's scheduler log on stderr (not only in the run's log file): read below
     started = time.time()
     seen: dict = {}
     with Driver(cluster, args, tmp_path / "logs") as driver:
@@ -363,4 +364,5 @@ def test_job_survives_losing_a_worker_during_featurization(cluster, sample_run, 
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["total"] == m["counts"]["ok"] == len(origin) and m["counts"]["failed"] == 0
     assert len(pd.read_parquet(out / "pca")) == len(origin)
-    assert sorted(p.name for p in out.iterdir()) == ["features", "manifest.json", "pca"]
+    # the run's files, and the explorer page the CLI writes after the commit (--verbose: no log copy)
+    assert sorted(p.name for p in out.iterdir()) == ["explorer.html", "features", "manifest.json", "pca"]

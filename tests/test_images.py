@@ -175,13 +175,15 @@ def test_a_file_list_is_an_input_too(spark, tmp_path, sample_dir):
     """An input manifest (CSV): one row per distinct listed image, labels from the list, paths relative to it."""
     files = image_files(sample_dir)[:4]
     rows = ["path,label"] + [f"{f},from list" for f in files[:2]]
-    rows += [f"{files[2]},", f"{files[2]},", "gone/missing.jpg,Ghost", "notes.txt,x", ""]
+    rows += [f"{files[2]},", f"{files[2]},", "gone/missing.jpg,Ghost", "notes.txt,x", "_hidden.jpg,Hidden", ""]
     (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "_hidden.jpg").write_bytes(files[3].read_bytes())
     (tmp_path / "lists" / "gone").mkdir()
     (tmp_path / "lists" / "inputs.csv").write_text("\n".join(rows) + "\n")
     listing = list_images(spark, str(tmp_path / "lists" / "inputs.csv"))
     got = {r.path: r for r in listing.frame.collect()}
-    assert listing.n_files == 4 and listing.reader == "python", "duplicates collapsed, non-images left out"
+    assert listing.n_files == 5 and listing.reader == "python", "duplicates collapsed, non-images left out"
+    assert got[f"file:{tmp_path}/lists/_hidden.jpg"].label == "Hidden", "a listed '_' name is not skipped"
     assert {got[f"file:{f}"].label for f in files[:2]} == {"from list"}
     assert got[f"file:{files[2]}"].label == files[2].parent.name, "no label: the parent folder's name"
     assert got[f"file:{tmp_path}/lists/gone/missing.jpg"].label == "Ghost"

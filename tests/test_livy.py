@@ -322,6 +322,13 @@ def test_02_saves_figures_and_shows_them_with_matplot(runs):
     assert sorted(p.name for p in figures.glob("*.png")) == FIGURES
     for name in FIGURES:
         _assert_png(figures / name)
+    # notebook 03's analysis, run on the cluster's session at the end of 02, written next to the run
+    analysis = runs["base"] / "run02" / "analysis"
+    drawn = sorted(p.name for p in (analysis / "figures").glob("*.png"))
+    assert {"scree_cumulative.png", "pc1_pc2.png", "pc1_pc3.png"} <= set(drawn), drawn
+    for name in drawn:
+        _assert_png(analysis / "figures" / name)
+    assert (analysis / "variance_table.csv").stat().st_size > 0
     errors = [o for o in _outputs(nb) if o.output_type == "error"]
     assert not errors, errors
     matplot = [c for c in nb.cells if c.cell_type == "code" and c.source.strip() == "%matplot plt"]

@@ -307,10 +307,14 @@ def test_03_analyses_the_features_of_01(run01, kernel_name, tmp_path):
     figures = run / "analysis" / "figures"
     names = sorted(p.name for p in figures.glob("*.png"))
     assert names == ["component_extremes.png", "pc1_pc2.png", "pc1_pc2_pc3_3d.png", "pc1_pc3.png",
-                     "scree_cumulative.png"]
+                     "probe_accuracy.png", "scree_cumulative.png"]
     for name in names:
         _assert_png(figures / name)
     import pandas as pd
+
+    curve = pd.read_csv(run / "analysis" / "probe_curve.csv")  # probe=True by default: accuracy per k, and raw
+    assert curve["representation"].iloc[-1] == "raw" and curve["accuracy"].between(0, 1).all()
+    assert curve["k"].iloc[:-1].is_monotonic_increasing and len(curve) >= 3
 
     table = pd.read_csv(run / "analysis" / "variance_table.csv")
     manifest = json.loads((run / "manifest.json").read_text())
