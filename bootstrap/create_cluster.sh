@@ -326,7 +326,8 @@ create=(aws emr create-cluster
 
 steps=()
 if [[ $RUN_PIPELINE == 1 ]]; then
-    json=$("$HERE/run_step.sh" pipeline --print-json --input "$INPUT" --output "$OUTPUT" -- "${PIPELINE_ARGS[@]}")
+    json=$("$HERE/run_step.sh" pipeline --print-json --input "$INPUT" --output "$OUTPUT" \
+        --core-type "$CORE_TYPE" --core-count "$CORE_COUNT" -- "${PIPELINE_ARGS[@]}")
     steps+=("${json:1:${#json}-2}")
 fi
 if [[ $RUN_NOTEBOOK == 1 ]]; then

@@ -137,6 +137,14 @@ def _session_config(*args) -> dict:
     return json.loads(res.stdout)
 
 
+def _executor_shape(core_type: str, core_count: int) -> list[str]:
+    """The pipeline step's ``--conf`` arguments for executors shaped like the notebook session's."""
+    session = _session_config("--core-type", core_type, "--core-count", str(core_count))
+    confs = [f"spark.executor.cores={session['executorCores']}", f"spark.executor.memory={session['executorMemory']}",
+             f"spark.executor.memoryOverhead={session['conf']['spark.executor.memoryOverhead']}"]
+    return [x for c in confs for x in ("--conf", c)]
+
+
 # ------------------------------------------------------------------------------------------------
 # configurations.json
 # ------------------------------------------------------------------------------------------------
@@ -683,9 +691,10 @@ def test_create_cluster_dry_run_prints_quoted_commands_without_aws(tmp_path, fak
 
     (step,) = json.loads(_option(create, "--steps")[0])
     assert step["Type"] == "CUSTOM_JAR" and step["Jar"] == "command-runner.jar"
+    # executors shaped for the cluster's own core nodes (r5.2xlarge), as the notebook session would be
     assert step["Args"] == [
-        "spark-submit", "--deploy-mode", "client", "/opt/p8utils/p8utils_main.py",
-        "run", "--input", INPUT, "--output", OUTPUT, "--k", "50",
+        "spark-submit", "--deploy-mode", "client", *_executor_shape("r5.2xlarge", 3),
+        "/opt/p8utils/p8utils_main.py", "run", "--input", INPUT, "--output", OUTPUT, "--k", "50",
     ]
 
 
@@ -980,7 +989,8 @@ def test_create_cluster_for_real_against_the_emulator(aws_emulator, tmp_path, fa
         assert uri in puts or not uri.startswith(deploy), f"the bootstrap reads {uri}, which was not uploaded"
     (step,) = request["Steps"]
     assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
-    assert step["HadoopJarStep"]["Args"][3:] == ["/opt/p8utils/p8utils_main.py", "run", "--input", INPUT,
+    assert step["HadoopJarStep"]["Args"][3:] == [*_executor_shape("r5.2xlarge", 3),
+                                                 "/opt/p8utils/p8utils_main.py", "run", "--input", INPUT,
                                                  "--output", OUTPUT, "--k", "50"]
 
     # and read back through the API: the cluster, its tags, its step
