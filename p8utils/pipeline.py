@@ -31,7 +31,7 @@ from p8utils.config import RunConfig
 from p8utils.errors import ParameterError
 from p8utils.featurize import featurize
 from p8utils.models import DEFAULT_IMAGE_SIZE, WeightsBundle, load_weights
-from p8utils.pca import PCAResult, fit_pca, transform
+from p8utils.pca import Moments, PCAResult, fit_moments, fit_pca, transform
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark import Accumulator
@@ -125,10 +125,10 @@ def run(
         staged, reuse, builds = _featurize_and_stage(config, active, listing, bundle, previous, stage, spark)
         counts = _check(active, listing, staged, stage, spark)
         with stage("pca_fit", spark):
-            fit = fit_pca(staged, k=config.k, variance=config.variance)
+            fit = _fit(config, active, staged, counts, reuse, spark)
         with stage("pca_transform", spark):
             active.write_pca(transform(fit, staged.where("features IS NOT NULL").select("path", "label", "features")),
-                             fit.to_bytes())
+                             fit.to_bytes(), fit.moments.to_bytes() if fit.moments is not None else None)
         manifest = runs.build_manifest(config, active, bundle, counts, fit, stage.seconds, spark, reuse=reuse,
                                        unlisted=listing.unlisted, model_builds=builds,
                                        incremental_key=list(INCREMENTAL_KEY) if config.mode == "incremental" else None)
@@ -282,6 +282,46 @@ def _run_fit(source: runs.RunLayout, made: Dict[str, Any], bundle: WeightsBundle
         raise ParameterError(f"the run {source.root!r} has no PCA fit ({source.pca_model}): it was made by an older "
                              "p8utils. Fix: run it again (mode='overwrite') with this version, then project.")
     return PCAResult.from_bytes(storage.read_bytes(source.pca_model, spark))
+
+
+def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: runs.RowCheck,
+         reuse: Dict[str, Any], spark: SparkSession) -> PCAResult:
+    """Fit the PCA on the whole table the run commits.
+
+    An incremental run that keeps most committed rows refits from moments:
+    those of the previous table (``pca/_moments.npz``), minus those of the
+    rows leaving, plus those of the rows staged, so it reads only the rows
+    that changed. The result is the fit of every row (up to rounding); it is
+    used only when its row count equals the check's. Otherwise every row is
+    read. ``reuse["pca_refit"]`` says which (``"moments"`` or ``"rows"``).
+    """
+    update = _moments_update(active, counts, spark) if reuse.get("files_kept") else None
+    if "files_kept" in reuse:
+        reuse["pca_refit"] = "rows" if update is None else "moments"
+    if update is not None:
+        return fit_moments(update, k=config.k, variance=config.variance)
+    return fit_pca(staged, k=config.k, variance=config.variance)
+
+
+def _moments_update(active: runs.ActiveRun, counts: runs.RowCheck, spark: SparkSession) -> Optional[Moments]:
+    """Moments of the committed table after the commit, from the previous ones; None when they cannot be used."""
+    leaving = active.leaving_features(spark)
+    if leaving is None or not storage.exists(active.layout.pca_moments, spark):
+        return None  # not merging, or a run of an older p8utils (or a fit by Spark ML) before
+    previous = Moments.from_bytes(storage.read_bytes(active.layout.pca_moments, spark))
+    removed = pca_mod.moments(leaving)
+    if 2 * removed.n > previous.n:
+        return None  # most rows replaced: taking them out would cost as much as reading all, less exactly
+    try:
+        update = previous - removed + pca_mod.moments(active.staged_only(spark))
+    except ValueError as exc:  # other widths: never for the same model, but never mix them either
+        log.warning("refitting the PCA on every row: %s", exc)
+        return None
+    if update.n != counts.ok:
+        log.warning("refitting the PCA on every row: the previous moments hold %d rows where %d were expected",
+                    update.n, counts.ok)
+        return None
+    return update
 
 
 def _check_paths(config: RunConfig, spark: Optional[SparkSession]) -> Optional[SparkSession]:

@@ -4,6 +4,7 @@ Layout of a run folder (local path or Hadoop URI, ``s3://`` on EMR)::
 
     <output>/features/        parquet: one row per listed file (path, label, features, error, length, modificationTime)
     <output>/pca/             parquet: path, label, pca_features (array<double>[k]); _model.npz: the fit
+                              and _moments.npz: what it was fitted from (for the next incremental run)
     <output>/manifest.json    written last: its presence marks a complete run
     <output>/figures/         PNGs of the notebooks (01 / 02)
     <output>/analysis/        notebook 03: figures/, variance_table.csv
@@ -124,6 +125,7 @@ class RunLayout:
     pca = _place("pca", doc="The PCA scores parquet dataset.")
     manifest = _place(MANIFEST, doc="The manifest, written last.")
     pca_model = _place("pca", "_model.npz", doc="The PCA fit (mean, components, explained variance; .npz).")
+    pca_moments = _place("pca", "_moments.npz", doc="The moments the fit was made from (:class:`p8utils.pca.Moments`).")
     figures = _place("figures", doc="PNG figures of notebooks 01 / 02.")
     analysis = _place("analysis", doc="Notebook 03's folder (``figures/``, tables).")
     notebooks = _place("notebooks", doc="Executed notebooks.")
@@ -548,21 +550,43 @@ class ActiveRun:
         """Read the features the run will commit (staged rows, and the committed rows that stay)."""
         from pyspark.sql import functions as F
 
-        staged = spark.read.parquet(storage.spark_path(self.staged.features))
+        staged = self.staged_only(spark)
         if self._drop is None:
             return staged
         kept = spark.read.parquet(storage.spark_path(self.layout.features)).where(
             ~F.col("_metadata.file_name").isin(*self._drop) if self._drop else F.lit(True))
         return kept.select(*staged.columns).unionByName(staged)
 
+    def leaving_features(self, spark: SparkSession) -> Optional[DataFrame]:
+        """Read the committed rows that leave at the commit: those of the part files :meth:`merge_into_committed` drops.
+
+        Returns
+        -------
+        pyspark.sql.DataFrame or None
+            None unless the run merges into the committed table (then the
+            committed table is ``previous - leaving + staged``).
+        """
+        from pyspark.sql import functions as F
+
+        if self._drop is None or not storage.exists(self.layout.features, spark):
+            return None
+        committed = spark.read.parquet(storage.spark_path(self.layout.features))
+        return committed.where(F.col("_metadata.file_name").isin(*self._drop) if self._drop else F.lit(False))
+
+    def staged_only(self, spark: SparkSession) -> DataFrame:
+        """Read the rows this run staged (without the committed rows that stay)."""
+        return spark.read.parquet(storage.spark_path(self.staged.features))
+
     def staged_pca(self, spark: SparkSession) -> DataFrame:
         """Read the staged PCA scores."""
         return spark.read.parquet(storage.spark_path(self.staged.pca))
 
-    def write_pca(self, scores: DataFrame, model: bytes) -> None:
-        """Write the staged PCA scores and the fit that made them (committed together)."""
+    def write_pca(self, scores: DataFrame, model: bytes, moments: Optional[bytes] = None) -> None:
+        """Write the staged PCA scores, the fit that made them and, if given, its moments (committed together)."""
         scores.write.parquet(storage.spark_path(self.staged.pca))
         storage.write_bytes(self.staged.pca_model, model, self.spark)
+        if moments is not None:
+            storage.write_bytes(self.staged.pca_moments, moments, self.spark)
 
     def check_rows(self, staged: DataFrame, listing: DataFrame, n_listed: int) -> RowCheck:
         """Check that ``staged`` holds exactly one row per listed file.

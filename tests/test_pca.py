@@ -5,7 +5,7 @@ import pytest
 from sklearn.decomposition import PCA as SkPCA
 
 from p8utils.errors import ParameterError
-from p8utils.pca import check_pca_params, choose_k, fit_pca, transform
+from p8utils.pca import Moments, check_pca_params, choose_k, fit_moments, fit_pca, moments, transform
 
 
 def _matrix(n=60, d=40, seed=0):
@@ -134,3 +134,41 @@ def test_unknown_method_and_ragged_rows(spark):
     ragged = spark.createDataFrame([([1.0, 2.0],), ([1.0, 2.0, 3.0],), ([0.0, 1.0],)], "features array<float>")
     with pytest.raises(Exception, match="different widths"):
         fit_pca(ragged.coalesce(1), k=1)
+
+
+def test_moments_add_and_subtract_to_the_moments_of_the_rows(spark):
+    """previous - removed + added equals the moments of the rows that remain, read from Spark."""
+    x = _matrix(n=90, d=30).astype(np.float64)
+    whole, first, middle, last = (moments(_df(spark, part)) for part in (x, x[:40], x[40:70], x[70:]))
+    assert (whole.n, whole.width) == (90, 30)
+    centred = x - x.mean(axis=0)
+    np.testing.assert_allclose(whole.mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(whole.scatter, centred.T @ centred, rtol=1e-9, atol=1e-9 * np.abs(centred).max() ** 2)
+    summed = first + middle + last
+    np.testing.assert_allclose(summed.scatter, whole.scatter, rtol=1e-9, atol=1e-12 * np.abs(whole.scatter).max())
+    rest = whole - middle
+    kept = np.vstack([x[:40], x[70:]])
+    np.testing.assert_allclose(rest.mean, kept.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(rest.scatter, (kept - kept.mean(0)).T @ (kept - kept.mean(0)), rtol=1e-9,
+                               atol=1e-12 * np.abs(whole.scatter).max())
+    assert (whole - whole).n == 0 and (Moments.empty() + first).n == 40
+    with pytest.raises(ValueError, match="30-d and 29-d"):
+        _ = whole + moments(_df(spark, x[:, :29]))
+    back = Moments.from_bytes(whole.to_bytes())
+    assert back.n == whole.n and np.array_equal(back.scatter, whole.scatter) and np.array_equal(back.mean, whole.mean)
+
+
+def test_fit_from_updated_moments_equals_a_refit_and_sklearn(spark):
+    """The incremental refit: a fit from combined moments is the fit of all the rows."""
+    x = _matrix(n=80, d=24, seed=3)
+    old, gone, new = x[:60], x[10:20], _matrix(n=20, d=24, seed=4)
+    now = np.vstack([old[:10], old[20:], new])
+    updated = moments(_df(spark, old)) - moments(_df(spark, gone)) + moments(_df(spark, new))
+    inc, full = fit_moments(updated, k=5), fit_pca(_df(spark, now), k=5)
+    assert inc.n_rows == full.n_rows == 70 and inc.moments is updated and full.moments is not None
+    np.testing.assert_allclose(inc.explained_variance, full.explained_variance, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(inc.components, full.components, atol=1e-8)  # same signs: same sign rule
+    ref = SkPCA(svd_solver="full").fit(now.astype(np.float64))
+    np.testing.assert_allclose(inc.explained_variance[:24], ref.explained_variance_ratio_, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ParameterError, match="at least 2 rows"):
+        fit_moments(Moments.empty(), k=1)

@@ -566,6 +566,15 @@ def _assert_same_table(inc: pd.DataFrame, full: pd.DataFrame) -> None:
         assert (a is None and b is None) or np.array_equal(a, b), p
 
 
+def _assert_same_scores(inc_out: Path, full_out: Path) -> None:
+    """The PCA scores of two runs agree per path, up to the sign of each component, to 1e-6 of their range."""
+    a, b = (pd.read_parquet(o / "pca").sort_values("path").reset_index(drop=True) for o in (inc_out, full_out))
+    assert list(a.path) == list(b.path)
+    x, y = np.stack(a.pca_features), np.stack(b.pca_features)
+    signs = np.sign(np.sum(x * y, axis=0))
+    np.testing.assert_allclose(x * signs, y, rtol=0, atol=1e-6 * np.abs(y).max())
+
+
 @pytest.mark.slow
 def test_incremental_runs_append_replace_delete_and_compact(spark, sample_dir, tmp_path, monkeypatch):
     """Several successive incremental runs, then a compaction: always exactly the full run's table."""
@@ -582,7 +591,8 @@ def test_incremental_runs_append_replace_delete_and_compact(spark, sample_dir, t
     _copy_sample(sample_dir, src, files[40:48])
     r = pipeline.run(str(src), str(out), **args)
     assert (r.manifest["counts"]["featurized"], r.manifest["counts"]["reused"]) == (8, 40)
-    assert r.manifest["incremental"] == {"files_kept": len(first), "files_rewritten": 0, "compacted": False}
+    assert r.manifest["incremental"] == {"files_kept": len(first), "files_rewritten": 0, "compacted": False,
+                                         "pca_refit": "moments"}
     now = _parts(out)
     assert {k: now[k] for k in first} == first, "kept part files were rewritten"
     assert len(now) > len(first)
@@ -599,15 +609,22 @@ def test_incremental_runs_append_replace_delete_and_compact(spark, sample_dir, t
     assert (c["total"], c["featurized"], c["reused"], c["removed"]) == (46, 1, 45, 3)
     rewritten = r.manifest["incremental"]["files_rewritten"]
     assert 1 <= rewritten <= 3 and len(set(before) - set(_parts(out))) == rewritten
+    assert r.manifest["incremental"]["pca_refit"] == "moments"
     full = pipeline.run(str(src), str(tmp_path / "full"), weights="offline", k=3, spark=spark)
     _assert_same_table(_table_of(out), _table_of(tmp_path / "full"))
-    np.testing.assert_allclose(r.pca.explained_variance, full.pca.explained_variance, rtol=1e-6, atol=1e-12)
+    # the PCA refit from moments (previous - leaving rows + staged rows) is the fit of every row
+    assert r.pca.n_rows == full.pca.n_rows
+    top = full.pca.explained_variance > 1e-6 * full.pca.explained_variance[0]
+    np.testing.assert_allclose(r.pca.explained_variance[top], full.pca.explained_variance[top], rtol=1e-7)
+    np.testing.assert_allclose(r.pca.mean, full.pca.mean, rtol=1e-9, atol=1e-9 * np.abs(full.pca.mean).max())
+    np.testing.assert_allclose(np.abs(np.sum(r.pca.components * full.pca.components, axis=0)), 1.0, atol=1e-7)
+    _assert_same_scores(out, tmp_path / "full")
 
     # 3. past the file-count bound the next run compacts: a full rewrite, same table
     monkeypatch.setattr(pl, "max_feature_files", lambda *a: 1)
     _copy_sample(sample_dir, src, files[48:50])
     r = pipeline.run(str(src), str(out), **args)
-    assert r.manifest["incremental"]["compacted"] is True
+    assert r.manifest["incremental"]["compacted"] is True and r.manifest["incremental"]["pca_refit"] == "rows"
     assert len(_parts(out)) <= max(2, -(-48 // 8)) + 2
     full = pipeline.run(str(src), str(tmp_path / "full"), weights="offline", k=3, mode="overwrite", spark=spark)
     _assert_same_table(_table_of(out), _table_of(tmp_path / "full"))
