@@ -180,7 +180,11 @@ def _descendants(pid: int) -> List[int]:
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
+        try:  # a process may end while it is walked: its /proc folder goes away under the scan
+            tasks = list(Path(f"/proc/{p}/task").glob("*"))
+        except OSError:
+            continue
+        for task in tasks:
             try:
                 kids = [int(c) for c in (task / "children").read_text().split()]
             except OSError:

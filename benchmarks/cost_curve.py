@@ -64,7 +64,11 @@ def _tree(pid: int) -> List[int]:
     while todo:
         p = todo.pop()
         out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
+        try:  # a process may end while it is walked: its /proc folder goes away under the scan
+            tasks = list(Path(f"/proc/{p}/task").glob("*"))
+        except OSError:
+            continue
+        for task in tasks:
             try:
                 todo += [int(c) for c in (task / "children").read_text().split()]
             except OSError:
