@@ -125,7 +125,9 @@ def run(
         staged, reuse, builds = _featurize_and_stage(config, active, listing, bundle, previous, stage, spark)
         counts = _check(active, listing, staged, stage, spark)
         with stage("pca_fit", spark):
-            fit = _fit(config, active, staged, counts, reuse, spark)
+            fit, refit = _fit(config, active, staged, counts, reuse.get("files_kept"), spark)
+        if refit is not None:
+            reuse["pca_refit"] = refit
         with stage("pca_transform", spark):
             active.write_pca(transform(fit, staged.where("features IS NOT NULL").select("path", "label", "features")),
                              fit.to_bytes(), fit.moments.to_bytes() if fit.moments is not None else None)
@@ -285,7 +287,7 @@ def _run_fit(source: runs.RunLayout, made: Dict[str, Any], bundle: WeightsBundle
 
 
 def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: runs.RowCheck,
-         reuse: Dict[str, Any], spark: SparkSession) -> PCAResult:
+         files_kept: Optional[int], spark: SparkSession) -> Tuple[PCAResult, Optional[str]]:
     """Fit the PCA on the whole table the run commits.
 
     An incremental run that keeps most committed rows refits from moments:
@@ -293,14 +295,19 @@ def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: r
     rows leaving, plus those of the rows staged, so it reads only the rows
     that changed. The result is the fit of every row (up to rounding); it is
     used only when its row count equals the check's. Otherwise every row is
-    read. ``reuse["pca_refit"]`` says which (``"moments"`` or ``"rows"``).
+    read.
+
+    Returns
+    -------
+    (PCAResult, str or None)
+        The fit, and for an incremental run on a previous output
+        (``files_kept`` not None: committed part files it keeps) how it was made:
+        ``"moments"`` or ``"rows"`` (the manifest's ``incremental.pca_refit``).
     """
-    update = _moments_update(active, counts, spark) if reuse.get("files_kept") else None
-    if "files_kept" in reuse:
-        reuse["pca_refit"] = "rows" if update is None else "moments"
+    update = _moments_update(active, counts, spark) if files_kept else None
     if update is not None:
-        return fit_moments(update, k=config.k, variance=config.variance)
-    return fit_pca(staged, k=config.k, variance=config.variance)
+        return fit_moments(update, k=config.k, variance=config.variance), "moments"
+    return fit_pca(staged, k=config.k, variance=config.variance), "rows" if files_kept is not None else None
 
 
 def _moments_update(active: runs.ActiveRun, counts: runs.RowCheck, spark: SparkSession) -> Optional[Moments]:

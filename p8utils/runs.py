@@ -548,14 +548,10 @@ class ActiveRun:
 
     def staged_features(self, spark: SparkSession) -> DataFrame:
         """Read the features the run will commit (staged rows, and the committed rows that stay)."""
-        from pyspark.sql import functions as F
-
         staged = self.staged_only(spark)
         if self._drop is None:
             return staged
-        kept = spark.read.parquet(storage.spark_path(self.layout.features)).where(
-            ~F.col("_metadata.file_name").isin(*self._drop) if self._drop else F.lit(True))
-        return kept.select(*staged.columns).unionByName(staged)
+        return self._committed_parts(spark, leaving=False).select(*staged.columns).unionByName(staged)
 
     def leaving_features(self, spark: SparkSession) -> Optional[DataFrame]:
         """Read the committed rows that leave at the commit: those of the part files :meth:`merge_into_committed` drops.
@@ -566,12 +562,16 @@ class ActiveRun:
             None unless the run merges into the committed table (then the
             committed table is ``previous - leaving + staged``).
         """
-        from pyspark.sql import functions as F
-
         if self._drop is None or not storage.exists(self.layout.features, spark):
             return None
-        committed = spark.read.parquet(storage.spark_path(self.layout.features))
-        return committed.where(F.col("_metadata.file_name").isin(*self._drop) if self._drop else F.lit(False))
+        return self._committed_parts(spark, leaving=True)
+
+    def _committed_parts(self, spark: SparkSession, *, leaving: bool) -> DataFrame:
+        """Read the committed rows of the part files that leave at the commit (or of those that stay)."""
+        from pyspark.sql import functions as F
+
+        dropped = F.col("_metadata.file_name").isin(*self._drop) if self._drop else F.lit(False)
+        return spark.read.parquet(storage.spark_path(self.layout.features)).where(dropped if leaving else ~dropped)
 
     def staged_only(self, spark: SparkSession) -> DataFrame:
         """Read the rows this run staged (without the committed rows that stay)."""
