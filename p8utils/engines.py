@@ -95,8 +95,18 @@ def _keras_prepare(bundle: WeightsBundle, calibration: Optional[np.ndarray] = No
     return bundle.arrays
 
 
+#: Images per call of the Keras model. TensorFlow holds a call's activations at once (about 11 MiB per 224 px
+#: image for MobileNetV2): one call on 64 images peaked a worker at 1.5 GiB, slices of 16 at 1.0 GiB, and were
+#: not slower on 2 CPU cores (36 vs 30-34 img/s, in-process). ``benchmarks/bench.py`` reports the workers' RSS.
+_KERAS_SLICE = 16
+
+
 def _keras_build(spec: ModelSpec, arrays: object, threads: int) -> Predictor:
-    """Build the Keras model once; a compiled ``tf.function`` with a fixed input signature."""
+    """Build the Keras model once; a compiled ``tf.function`` with a fixed input signature.
+
+    The predictor runs the model on slices of at most :data:`_KERAS_SLICE`
+    images and concatenates the features (same values as one call).
+    """
     _configure_tf_threads(threads)
     import tensorflow as tf
 
@@ -109,7 +119,9 @@ def _keras_build(spec: ModelSpec, arrays: object, threads: int) -> Predictor:
     )
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        return fn(tf.constant(batch)).numpy().astype(np.float32, copy=False)
+        starts = range(0, max(len(batch), 1), _KERAS_SLICE)
+        parts = [fn(tf.constant(batch[i: i + _KERAS_SLICE])).numpy() for i in starts]
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
     return predict
 

@@ -47,6 +47,24 @@ def test_predictors_of_every_engine_agree(sample_dir, offline_bundle):
     assert rel.max() <= 1e-4
 
 
+
+def test_keras_predictor_equals_one_model_call_on_a_large_batch(sample_dir, offline_bundle):
+    from PIL import Image
+
+    from p8utils.models import build_model
+
+    spec = offline_bundle.spec
+    photos = np.stack([np.asarray(Image.open(f).convert("RGB").resize(spec.input_size, Image.BICUBIC))
+                       for f in image_files(sample_dir)[:8]])
+    batch = np.concatenate([photos, photos[:, ::-1], photos[:, :, ::-1], np.rot90(photos, axes=(1, 2)),
+                            photos[:5, ::-1, ::-1]])  # 37 images: the predictor runs them in slices
+    x = spec.preprocess(np.ascontiguousarray(batch))
+    feats = engines.get_engine("keras").build(spec, offline_bundle.arrays, 1)(x)
+    direct = build_model(spec, offline_bundle.arrays)(x, training=False).numpy()
+    assert feats.shape == (37, spec.width) and feats.dtype == np.float32
+    rel = np.linalg.norm(feats - direct, axis=1) / np.linalg.norm(direct, axis=1)
+    assert np.abs(direct).mean() > 0.05 and rel.max() <= 1e-5
+
 _WORKER = """
 import json, sys
 if sys.argv[2] == "block":  # EMR's Python 3.9 has no ai_edge_litert wheel
