@@ -33,6 +33,7 @@ from p8utils.engines import DEFAULT_ENGINE, Predictor, calibration_digest, get_e
 from p8utils.errors import ParameterError
 from p8utils.images import DEFAULT_MAX_PIXELS, decode_image, read_file
 from p8utils.models import ModelSpec, WeightsBundle
+from p8utils.spark import skip_unchanged_zip_rescans
 from p8utils.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -249,6 +250,7 @@ def _run_udf(
     builds: Optional[Accumulator] = None,
 ) -> Iterator[pd.DataFrame]:
     """Body of the pandas UDF (module level, so the worker's cache persists)."""
+    skip_unchanged_zip_rescans()
     predict = _get_predictor(spec, payload_fn, version, engine, threads or _task_cpus(), builds)
     for contents in batches:
         yield _featurize_frame(contents.tolist(), spec, predict, batch_size, max_pixels)

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from p8utils.errors import ParameterError
+from p8utils.spark import skip_unchanged_zip_rescans
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
@@ -464,6 +465,7 @@ def _partition_moments(batches):  # noqa: ANN001, ANN202 - Iterator[pyarrow.Reco
     """
     import pyarrow as pa
 
+    skip_unchanged_zip_rescans()
     state = {"n": 0, "shift": None, "total": None, "gram": None}
     block, filled = None, 0
 
@@ -544,6 +546,7 @@ def transform(
 
     @F.pandas_udf("array<double>")  # type: ignore[call-overload]
     def _project(features: pd.Series) -> pd.Series:
+        skip_unchanged_zip_rescans()
         return _project_series(features, *bc.value)
 
     others = [c for c in df.columns if c != input_col]
@@ -637,6 +640,7 @@ def nearest_classes(
 
     @F.pandas_udf("struct<nearest_classes:array<string>,nearest_distances:array<double>>")  # type: ignore[call-overload]
     def _nearest(values: pd.Series) -> pd.DataFrame:
+        skip_unchanged_zip_rescans()
         return _nearest_frame(values, *bc.value)
 
     return scores.withColumn("_near", _nearest(F.col(col))).select(

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+
+import pytest
 
 from p8utils.spark import RECOMMENDED_CONF, get_spark
 
@@ -22,3 +25,63 @@ def test_local_session_settings(spark):
 def test_workers_run_this_interpreter(spark):
     exe = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").executable).collect()
     assert exe == [sys.executable]
+
+
+_ZIP_RESCANS = """
+import importlib, sys, zipfile, zipimport
+archive = sys.argv[1]
+def write(names):
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in names:
+            z.writestr(name + ".py", "VALUE = " + repr(name))
+write(["first"])
+sys.path.insert(0, archive)
+import first
+reads = []
+real = zipimport._read_directory
+zipimport._read_directory = lambda path: reads.append(path) or real(path)
+from p8utils.spark import skip_unchanged_zip_rescans
+skip_unchanged_zip_rescans()
+skip_unchanged_zip_rescans()  # idempotent
+importlib.invalidate_caches()  # the first one after the call reads, as before
+first_reads = len(reads)
+for _ in range(3):
+    importlib.invalidate_caches()
+unchanged_reads = len(reads) - first_reads
+write(["first", "second"])  # the archive changes: the next invalidation reads it again
+importlib.invalidate_caches()
+import second
+print(first_reads, unchanged_reads, len(reads) - first_reads - unchanged_reads, second.VALUE)
+"""
+
+
+@pytest.mark.skipif(not (3, 10) <= sys.version_info[:2] < (3, 12), reason="CPython 3.10/3.11 only (gh-103200)")
+def test_unchanged_zip_archives_are_not_reread_at_each_invalidation(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _ZIP_RESCANS, str(tmp_path / "mods.zip")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, unchanged, changed, value = proc.stdout.split()
+    assert (int(unchanged), value) == (0, "second") and int(first) >= 1 and int(changed) >= 1
+
+
+def test_worker_tasks_skip_the_rescans(spark):
+    def probe(_):
+        import importlib
+        import zipimport
+
+        from p8utils.spark import skip_unchanged_zip_rescans
+
+        skip_unchanged_zip_rescans()
+        importlib.invalidate_caches()
+        reads = []
+        real = zipimport._read_directory
+        zipimport._read_directory = lambda path: reads.append(path) or real(path)
+        try:
+            importlib.invalidate_caches()
+        finally:
+            zipimport._read_directory = real
+        yield len(reads)
+
+    expected = 0 if (3, 10) <= sys.version_info[:2] < (3, 12) else None
+    reads = spark.sparkContext.parallelize([0, 1], 2).mapPartitions(probe).collect()
+    assert len(reads) == 2 and (expected is None or reads == [0, 0])
