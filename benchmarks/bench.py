@@ -23,11 +23,11 @@ configuration ``engine:size`` (default: ``tflite`` and ``tflite-int8`` at every 
 6. **peak RSS** of the Python workers after each configuration (the workers are reused, so each
    figure is the peak so far), of the JVM driver and of the Python driver; the CPU cost of decoding.
 
-Warm-up runs are excluded; each time is the median of ``--repeats`` runs. Prints a table with every
-figure and the targets of the issue, and writes it all as JSON (with the ratios). This is a
-benchmark, not a test: the test suite only runs it with ``--quick`` on a tiny input
-(``tests/test_bench.py``). It lives outside the package and uses only p8utils' public API; it needs
-p8utils installed with its ``spark`` and ``tf`` extras (``make install``).
+Warm-up runs (``--warmups``, none with ``--quick``) are excluded; each time is the median of
+``--repeats`` runs. Prints a table with every figure and the targets of the issue, and writes it all
+as JSON (with the ratios). This is a benchmark, not a test: the test suite only runs it with
+``--quick`` on a tiny input (``tests/test_bench.py``). It lives outside the package and uses only
+p8utils' public API; it needs p8utils installed with its ``spark`` and ``tf`` extras (``make install``).
 """
 
 from __future__ import annotations
@@ -239,7 +239,8 @@ def _timed_runs(run: Callable[[], None], repeats: int, warmup: int = 1) -> List[
     return times
 
 
-def pipeline_throughput(spark, folder: Path, out: Path, repeats: int, **parameters: Any) -> Dict[str, Any]:
+def pipeline_throughput(spark, folder: Path, out: Path, repeats: int, warmup: int = 1,
+                        **parameters: Any) -> Dict[str, Any]:
     """Images/s of :func:`p8utils.pipeline.run` on ``folder`` (``mode="overwrite"``, other ``RunConfig`` fields).
 
     Returns
@@ -251,8 +252,8 @@ def pipeline_throughput(spark, folder: Path, out: Path, repeats: int, **paramete
     """
     config = RunConfig(input=str(folder), output=str(out), mode="overwrite", **parameters)
     results: List[pipeline.RunResult] = []
-    _timed_runs(lambda: results.append(pipeline.run(config, spark=spark)), repeats)
-    timed = results[1:]  # the first is the warm-up
+    _timed_runs(lambda: results.append(pipeline.run(config, spark=spark)), repeats, warmup)
+    timed = results[warmup:]
     n = int(timed[-1].manifest["counts"]["total"])
     featurize_s = statistics.median(r.manifest["timings_s"]["featurize"] for r in timed)
     run_s = statistics.median(sum(v for k, v in r.manifest["timings_s"].items() if k != "weights") for r in timed)
@@ -276,7 +277,7 @@ def _seeds_udf_body(batches: Iterator[pd.Series], spec: models.ModelSpec, arrays
 
 
 def seeds_throughput(spark, folder: Path, bundle: models.WeightsBundle, out: Path, repeats: int,
-                     partitions: int = 20) -> Dict[str, Any]:
+                     partitions: int = 20, warmup: int = 1) -> Dict[str, Any]:
     """Images/s of the seeds' notebook method on the same images (Keras engine)."""
     from pyspark.sql import functions as F
 
@@ -293,7 +294,7 @@ def seeds_throughput(spark, folder: Path, bundle: models.WeightsBundle, out: Pat
         df = images.load_images(spark, str(folder)).repartition(partitions)
         df.select("path", "label", seeds_udf("content").alias("features")).write.mode("overwrite").parquet(str(out))
 
-    times = _timed_runs(run, repeats)
+    times = _timed_runs(run, repeats, warmup)
     return {"images": n, "seconds": times, "img_per_s": n / statistics.median(times), "partitions": partitions}
 
 
@@ -304,7 +305,7 @@ def _noop_udf_body(batches: Iterator[pd.Series], width: int) -> Iterator[pd.Data
         yield pd.DataFrame({"features": [zeros] * len(content), "error": [None] * len(content)})
 
 
-def spark_io_throughput(spark, folder: Path, width: int, out: Path, repeats: int) -> Dict[str, Any]:
+def spark_io_throughput(spark, folder: Path, width: int, out: Path, repeats: int, warmup: int = 1) -> Dict[str, Any]:
     """Images/s of read → Arrow → no-op UDF → Arrow → parquet write (the pipeline minus the work)."""
     from pyspark.sql import functions as F
 
@@ -318,7 +319,7 @@ def spark_io_throughput(spark, folder: Path, width: int, out: Path, repeats: int
         df = images.load_images(spark, str(folder)).withColumn("r", noop("content"))
         df.select("path", "label", "r.features", "r.error").write.mode("overwrite").parquet(str(out))
 
-    times = _timed_runs(run, repeats)
+    times = _timed_runs(run, repeats, warmup)
     return {"images": n, "seconds": times, "img_per_s": n / statistics.median(times)}
 
 
@@ -406,13 +407,13 @@ def synthetic_features(folder: Path, n: int, d: int = 1280, seed: int = 0, files
     return folder
 
 
-def pca_fit_times(spark, path: Path, repeats: Dict[str, int]) -> Dict[str, Any]:
+def pca_fit_times(spark, path: Path, repeats: Dict[str, int], warmup: int = 1) -> Dict[str, Any]:
     """Seconds of :func:`p8utils.pca.fit_pca` (variance 0.95) per method on a features parquet (median)."""
     df = spark.read.parquet(str(path))
     rows = df.count()
     out: Dict[str, Any] = {"rows": rows}
     for method, n in repeats.items():
-        times = _timed_runs(lambda m=method: pca.fit_pca(df, variance=0.95, method=m), n)
+        times = _timed_runs(lambda m=method: pca.fit_pca(df, variance=0.95, method=m), n, warmup)
         out[method] = {"seconds": times, "median_s": statistics.median(times)}
     if "covariance" in out and "spark_ml" in out:
         out["speedup"] = out["spark_ml"]["median_s"] / out["covariance"]["median_s"]
@@ -472,8 +473,11 @@ def _table(result: Dict[str, Any]) -> str:
         extra = f" (spark_ml / covariance = {p['speedup']:.1f}x)" if "speedup" in p else ""
         lines.append(f"PCA fit {label} ({p['rows']} x 1280): " + ", ".join(parts) + extra)
     m = result["memory"]
-    lines.append(f"peak RSS: Python workers {m['python_worker_peak_mb']:.0f} MiB (max over the run), "
-                 f"JVM driver {m['jvm_driver_peak_mb']:.0f} MiB, Python driver {m['python_driver_peak_mb']:.0f} MiB")
+    seeds_rss = result.get("seeds", {}).get("python_worker_peak_mb")
+    lines.append(f"peak RSS: Python workers {m['python_worker_peak_mb']:.0f} MiB (max over the engines and the PCA)"
+                 + (f", {seeds_rss:.0f} MiB in the seeds' method" if seeds_rss is not None else "")
+                 + f", JVM driver {m['jvm_driver_peak_mb']:.0f} MiB, "
+                 f"Python driver {m['python_driver_peak_mb']:.0f} MiB")
     lines.append("")
     lines.append("targets (2 cores, same run):")
     for t in result["targets"]:
@@ -544,6 +548,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="comma-separated engine:size to measure (tflite:224, the reference, is always added)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="model batch size")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measure (median reported)")
+    parser.add_argument("--warmups", type=int, default=1, help="untimed runs before each measure's timed ones")
     parser.add_argument("--raw-images", type=int, default=256, help="images for the raw engine measure")
     parser.add_argument("--weights", default="offline",
                         help="weights (offline: same architecture and cost as imagenet, no download)")
@@ -553,12 +558,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds-partitions", type=int, default=20,
                         help="partitions of the seeds' method (their notebook's repartition(20))")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: tflite at 224 and 96, tflite-int8 at 96, one repeat, small measures")
+                        help="smoke test: tflite at 224 and 96, tflite-int8 at 96, one repeat, no warm-up, "
+                        "small measures")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default runs/bench-*.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.configs, args.repeats, args.raw_images = "tflite:224,tflite-int8:96,tflite:96", 1, 8
-        args.probe_seeds, args.pca_rows, args.seeds_partitions = 1, "300,1000", 4
+        args.probe_seeds, args.pca_rows, args.seeds_partitions, args.warmups = 1, "300,1000", 4, 0
     configs = _configs(args.configs)
     if _REFERENCE not in configs:
         configs.insert(0, _REFERENCE)
@@ -580,7 +586,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         bundles = {s: models.load_weights("mobilenet_v2", args.weights, spark=spark, image_size=s) for s in sizes}
         profile = {str(s): cpu_profile(files[: args.raw_images], bundles[s].spec, args.batch_size, args.repeats)
                    for s in sizes}
-        io_run = spark_io_throughput(spark, folder, bundles[sizes[0]].spec.width, work / "noop", args.repeats)
+        io_run = spark_io_throughput(spark, folder, bundles[sizes[0]].spec.width, work / "noop", args.repeats,
+                                     args.warmups)
         # the reference first, then by engine (worker memory is the peak so far), keras last (TensorFlow in workers)
         order = sorted(configs, key=lambda c: (c != _REFERENCE, c[0] == "keras", c[0], -c[1]))
         results: Dict[str, Dict[str, Any]] = {}
@@ -599,7 +606,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             x = _preprocessed(files[: args.raw_images], bundle.spec)
             entry["raw"] = raw_throughput(bundle, engine, x, args.batch_size, args.repeats, cores, calibration)
             entry["pipeline"] = pipeline_throughput(spark, folder, work / "runs" / name.replace(":", "-"),
-                                                    args.repeats, weights=args.weights, engine=engine,
+                                                    args.repeats, args.warmups, weights=args.weights, engine=engine,
                                                     image_size=size, batch_size=args.batch_size, k=10)
             entry["python_worker_peak_mb"] = memory_snapshot()["python_worker_peak_mb"]
             results[name] = entry
@@ -622,11 +629,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         fastest = max(within, key=lambda n: results[n]["pipeline"]["img_per_s"]) if within else None
 
         pca_result: Dict[str, Any] = {"pipeline features": pca_fit_times(
-            spark, Path(ref_path), {"covariance": args.repeats, "spark_ml": max(1, args.repeats - 1)})}
+            spark, Path(ref_path), {"covariance": args.repeats, "spark_ml": max(1, args.repeats - 1)}, args.warmups)}
         for n_rows in pca_rows:
             label = f"{n_rows // 1000}k" if n_rows % 1000 == 0 else str(n_rows)
             table = synthetic_features(work / f"pca-{n_rows}", n_rows)
-            pca_result[label] = pca_fit_times(spark, table, {"covariance": args.repeats, "spark_ml": 1})
+            pca_result[label] = pca_fit_times(spark, table, {"covariance": args.repeats, "spark_ml": 1}, args.warmups)
             print(f"bench: PCA {label}: " + ", ".join(f"{m} {pca_result[label][m]['median_s']:.1f} s"
                                                       for m in pca.PCA_METHODS), flush=True)
         result: Dict[str, Any] = {
@@ -640,13 +647,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             "profile_ms_per_image_one_core": profile, "spark_io_noop": io_run, "pca": pca_result,
             "memory": memory_snapshot(),
         }
-        if not args.skip_seeds:
-            result["seeds"] = seeds_throughput(spark, folder, bundles[_REFERENCE[1]], work / "seeds",
-                                               max(1, args.repeats - 1), args.seeds_partitions)
-            result["memory"] = memory_snapshot()
         # Python workers come and go (idle ones are stopped): the peak is the largest seen after any configuration
         result["memory"]["python_worker_peak_mb"] = max(
             [result["memory"]["python_worker_peak_mb"]] + [c["python_worker_peak_mb"] for c in results.values()])
+        if not args.skip_seeds:  # last, and its workers' peak apart: the seeds' method is not one of the engines
+            result["seeds"] = seeds_throughput(spark, folder, bundles[_REFERENCE[1]], work / "seeds",
+                                               max(1, args.repeats - 1), args.seeds_partitions, args.warmups)
+            after = memory_snapshot()
+            result["seeds"]["python_worker_peak_mb"] = after.pop("python_worker_peak_mb")
+            result["memory"].update(after)  # the JVM's and this driver's peaks over the whole run
         result["ratios"] = _ratios(result)
         result["targets"] = _targets(result)
         print(_table(result))
