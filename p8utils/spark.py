@@ -141,7 +141,7 @@ def skip_unchanged_zip_rescans() -> None:
 
     if not (3, 10) <= sys.version_info[:2] < (3, 12):  # 3.9 has no zipimporter.invalidate_caches
         return
-    original = zipimport.zipimporter.invalidate_caches
+    original = zipimport.zipimporter.invalidate_caches  # novermin - 3.10+, checked above
     if getattr(original, "_p8utils", False):
         return
 
@@ -157,4 +157,4 @@ def skip_unchanged_zip_rescans() -> None:
         self._p8utils_stamp = stamp
 
     invalidate_caches._p8utils = True  # type: ignore[attr-defined]
-    zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]
+    zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]  # novermin
