@@ -328,7 +328,13 @@ def test_job_survives_losing_a_worker_during_featurization(cluster, sample_run, 
         finished_at = time.time() - started
         assert rc == 0, driver.logs()
         stderr = driver.stderr.read_text(errors="replace")
-        master = wait_for(lambda: cluster.master_state(), 60, "the master's state", cluster.logs)
+
+        def completed():  # noqa: ANN202 - the state, or None until then
+            """The master's state once it lists the application as completed (it notices the driver's exit later)."""
+            state = cluster.master_state()
+            return state if state and any(a["id"] == hit["app"] for a in state.get("completedapps", [])) else None
+
+        master = wait_for(completed, 60, "the master to list the application as completed", cluster.logs)
     print(f"\nfault run: killed {victim.name} (pid {victim.pid}, executor {hit['executor']}, "
           f"{len(killed)} processes) at {killed_at:.1f} s with featurization stage {hit['stage']} at "
           f"{hit['done']}/{hit['total']} tasks done; run finished at {finished_at:.1f} s")
