@@ -443,10 +443,11 @@ def moments(df: DataFrame, *, input_col: str = "features") -> Moments:
         F.col(input_col))
     rows = rows.select(col.alias("_x"))
     cores = rows.sparkSession.sparkContext.defaultParallelism
-    if rows.rdd.getNumPartitions() > cores:
-        rows = rows.coalesce(cores)  # narrow: one d×d scatter per core, not per input partition
+    parts = rows.rdd.getNumPartitions()
+    if parts > cores:
+        rows, parts = rows.coalesce(cores), cores  # narrow: one d×d scatter per core, not per input partition
     blocks = rows.mapInArrow(_partition_moments, "n long, d long, mean binary, scatter binary")
-    depth = 2 if blocks.rdd.getNumPartitions() > 4 else 1
+    depth = 2 if parts > 4 else 1
     return blocks.rdd.map(_decode_moments).treeAggregate(Moments.empty(), operator.add, operator.add, depth=depth)
 
 
