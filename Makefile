@@ -110,8 +110,11 @@ bench: install
 bench-scale: install-run
 	$(BIN)/python benchmarks/cost_curve.py $(BENCH_ARGS)
 
+# Test processes (pytest-xdist; --dist loadfile: a file's tests stay in one process, with its module fixtures).
+# TEST_WORKERS=0 runs the suite in this process, one test at a time.
+TEST_WORKERS ?= 2
 test: install $(SPARK_KERNEL)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The quick loop: markers set by tests/conftest.py (jvm, heavy) plus slow; make test still runs everything.
 test-fast: install
