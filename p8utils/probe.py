@@ -25,7 +25,8 @@ The classifier and its scikit-learn equivalent
 ----------------------------------------------
 Spark ML minimises ``(1/n) Σ loss + (reg_param / 2) ‖W‖²`` over the
 ``n = n_train`` training rows (``elasticNetParam=0``; intercepts not
-penalised; ``standardization=False``: the features are used as they are).
+penalised; ``standardization=False``: the features are used as they are; columns of
+negligible spread, :data:`NEGLIGIBLE_STD`, are zeroed first).
 scikit-learn's ``LogisticRegression`` minimises ``C Σ loss + ½ ‖W‖²``, the
 same problem for ``C = 1 / (reg_param × n_train)`` (multinomial, lbfgs,
 ``fit_intercept=True``): ``tests/test_probe.py`` checks both agree within one
@@ -57,8 +58,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from p8utils.pca import PCAResult
 
-__all__ = ["DEFAULT_KS", "DEFAULT_MAX_ITER", "DEFAULT_REG_PARAM", "DEFAULT_TEST_FRACTION", "PLATEAU_TOLERANCE",
-           "SPLIT_COL", "ProbeResult", "linear_probe", "plateau_k", "probe_curve", "sklearn_c", "stratified_split"]
+__all__ = [
+    "DEFAULT_KS",
+    "DEFAULT_MAX_ITER",
+    "DEFAULT_REG_PARAM",
+    "DEFAULT_TEST_FRACTION",
+    "NEGLIGIBLE_STD",
+    "PLATEAU_TOLERANCE",
+    "SPLIT_COL",
+    "ProbeResult",
+    "linear_probe",
+    "plateau_k",
+    "probe_curve",
+    "sklearn_c",
+    "stratified_split",
+]
 
 #: Held-out fraction of each class.
 DEFAULT_TEST_FRACTION = 0.3
@@ -74,6 +88,14 @@ DEFAULT_KS: Tuple[int, ...] = (2, 5, 10, 20, 50, 100, 200, 500)
 
 #: Accuracy within this of the best one counts as the plateau (0.5 point).
 PLATEAU_TOLERANCE = 0.005
+
+#: Feature columns whose training standard deviation is below this fraction of the largest one are set to 0
+#: before the fit. Spark ML's logistic regression scales each column by 1 / std inside L-BFGS (even with
+#: ``standardization=False``), so a column of float noise (std ~1e-15, e.g. the PCA components past the rank
+#: of fewer images than dimensions) makes its line search fail: it gives up on the starting point, every
+#: coefficient 0, chance accuracy. Measured on the sample's features: fine at a ratio of 1e-7, failed at 1e-8.
+#: Under L2 such a column cannot move the fit (a coefficient of 1e6 or more is needed to use it).
+NEGLIGIBLE_STD = 1e-6
 
 #: Boolean column :func:`stratified_split` adds: True for a held-out (test) row.
 SPLIT_COL = "is_test"
@@ -225,13 +247,35 @@ def _probe(split: DataFrame, vector, n_classes: int, reg_param: float, max_iter:
     from pyspark.ml.classification import LogisticRegression
     from pyspark.sql import functions as F
 
-    data = split.select(F.col(_LABEL_INDEX), F.col(SPLIT_COL), vector.alias(_VECTOR))
+    data = _without_negligible_columns(split.select(F.col(_LABEL_INDEX), F.col(SPLIT_COL), vector.alias(_VECTOR)))
     lr = LogisticRegression(featuresCol=_VECTOR, labelCol=_LABEL_INDEX, family="multinomial", regParam=float(reg_param),
                             elasticNetParam=0.0, maxIter=int(max_iter), tol=1e-8, standardization=False)
     model = lr.fit(data.where(F.col(SPLIT_COL) == F.lit(False)))
     counts = (model.transform(data.where(F.col(SPLIT_COL))).groupBy(_LABEL_INDEX, "prediction").count().collect())
     accuracy, macro_f1 = _macro_f1([(float(r[0]), float(r[1]), int(r[2])) for r in counts])
     return ProbeResult(float(accuracy), float(macro_f1), n_train, n_test, n_classes)
+
+
+def _without_negligible_columns(data: DataFrame) -> DataFrame:
+    """Zero the vector entries whose training standard deviation is below :data:`NEGLIGIBLE_STD` × the largest.
+
+    ``data`` has the ml Vector column ``_VECTOR`` and :data:`SPLIT_COL`; returned with the same columns.
+    """
+    from pyspark.ml.feature import ElementwiseProduct
+    from pyspark.ml.linalg import Vectors
+    from pyspark.ml.stat import Summarizer
+    from pyspark.sql import functions as F
+
+    row = data.where(~F.col(SPLIT_COL)).select(Summarizer.std(F.col(_VECTOR)).alias("std")).first()
+    std = np.nan_to_num(np.asarray(row["std"].toArray(), dtype=np.float64)) if row and row["std"] is not None else None
+    if std is None or std.size == 0:
+        return data
+    keep = std > NEGLIGIBLE_STD * std.max()
+    if keep.all() or not keep.any():
+        return data
+    scaled = ElementwiseProduct(scalingVec=Vectors.dense(keep.astype(np.float64)), inputCol=_VECTOR,
+                                outputCol="_p8_kept").transform(data)
+    return scaled.select(_LABEL_INDEX, SPLIT_COL, F.col("_p8_kept").alias(_VECTOR))
 
 
 def _prepared(df: DataFrame, features_col: str, label_col: str, id_col: str, test_fraction: float, seed: int,

@@ -97,6 +97,39 @@ def test_probe_curve_over_k(clusters):
     assert abs(curve.accuracy.iloc[2] - curve.accuracy.iloc[3]) <= 1 / 54 + 1e-12
 
 
+def _with_columns(rows, extra):
+    """``rows`` of :func:`_clusters` with ``extra(features) -> list`` appended to each feature vector."""
+    return [(p, lab, f + [float(v) for v in extra(np.asarray(f, dtype=np.float64))]) for p, lab, f in rows]
+
+
+def test_probe_ignores_columns_of_float_noise(spark):
+    """Columns with a std of ~1e-10 of the others made Spark's L-BFGS give up at its start (chance accuracy)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    rows = _with_columns(_clusters(), lambda f: 1e-10 * rng.normal(size=5))
+    df = spark.createDataFrame(rows, "path string, label string, features array<double>")
+    result = linear_probe(df, seed=0)
+    split = _split_frame(df, seed=0)
+    train, test = split[~split[SPLIT_COL]], split[split[SPLIT_COL]]
+    sk = LogisticRegression(C=sklearn_c(DEFAULT_REG_PARAM, len(train)), max_iter=10000, tol=1e-10)
+    sk_acc = (sk.fit(np.stack(train.features), train.label).predict(np.stack(test.features)) == test.label).mean()
+    assert sk_acc > 0.4 and abs(result.accuracy - sk_acc) <= 0.01, (result.accuracy, sk_acc)
+
+
+def test_probe_curve_past_the_rank_of_the_features(spark):
+    """k beyond the rank (here 20 of 40 columns, like fewer images than dimensions) keeps the rank's accuracy."""
+    from p8utils.pca import fit_pca
+
+    df = spark.createDataFrame(_with_columns(_clusters(), lambda f: 0.5 * f[::-1]),
+                               "path string, label string, features array<float>")
+    fit = fit_pca(df, k=30)
+    assert fit.explained_variance[20] < 1e-12 * fit.explained_variance[0]  # components 21-40: float noise
+    curve = probe_curve(df, fit, ks=(20, 30))
+    assert list(curve.k) == [20, 30, 40]
+    assert curve.accuracy.min() > 0.4 and curve.accuracy.max() - curve.accuracy.min() <= 1 / 54 + 1e-12, curve
+
+
 def test_plateau_k():
     curve = pd.DataFrame({"representation": ["pca"] * 4 + ["raw"], "k": [2, 10, 50, 100, 1280],
                           "accuracy": [0.6, 0.95, 0.998, 1.0, 1.0]})
