@@ -368,7 +368,8 @@ def cosine_stats(reference: str, other: str) -> Dict[str, float]:
             "images": int(len(common))}
 
 
-def probe_scores(spark, features_path: str, seeds: Sequence[int], distinct_only: bool) -> Dict[str, Any]:
+def probe_scores(spark, features_path: str, seeds: Sequence[int], distinct_only: bool,
+                 max_iter: int = probe.DEFAULT_MAX_ITER) -> Dict[str, Any]:
     """Linear probe of a features table: accuracy and macro-F1 per split seed and their means.
 
     With ``distinct_only`` only the first copy of each photo (``000_*``) is probed, so that no photo
@@ -379,8 +380,9 @@ def probe_scores(spark, features_path: str, seeds: Sequence[int], distinct_only:
     df = spark.read.parquet(features_path)
     if distinct_only:
         df = df.where(F.col("path").rlike("/000_[^/]*$"))
-    runs = [probe.linear_probe(df, seed=int(s)) for s in seeds]
-    return {"seeds": list(seeds), "accuracy": [r.accuracy for r in runs], "macro_f1": [r.macro_f1 for r in runs],
+    runs = [probe.linear_probe(df, seed=int(s), max_iter=max_iter) for s in seeds]
+    return {"seeds": list(seeds), "max_iter": int(max_iter), "accuracy": [r.accuracy for r in runs],
+            "macro_f1": [r.macro_f1 for r in runs],
             "mean_accuracy": float(np.mean([r.accuracy for r in runs])),
             "mean_macro_f1": float(np.mean([r.macro_f1 for r in runs])),
             "n_train": runs[0].n_train, "n_test": runs[0].n_test, "n_classes": runs[0].n_classes}
@@ -553,18 +555,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--weights", default="offline",
                         help="weights (offline: same architecture and cost as imagenet, no download)")
     parser.add_argument("--probe-seeds", type=int, default=3, help="stratified splits the probe is averaged over")
+    parser.add_argument("--probe-max-iter", type=int, default=probe.DEFAULT_MAX_ITER,
+                        help="L-BFGS iterations of each probe (p8utils.probe's default; 20 with --quick)")
     parser.add_argument("--pca-rows", default="3000,100000", help="rows of the two synthetic PCA tables")
     parser.add_argument("--skip-seeds", action="store_true", help="do not run the seeds' method")
     parser.add_argument("--seeds-partitions", type=int, default=20,
                         help="partitions of the seeds' method (their notebook's repartition(20))")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tflite at 224 and 96, tflite-int8 at 96, one repeat, no warm-up, "
-                        "small measures")
+                        "small measures, 20 probe iterations")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default runs/bench-*.json)")
     args = parser.parse_args(argv)
     if args.quick:
         args.configs, args.repeats, args.raw_images = "tflite:224,tflite-int8:96,tflite:96", 1, 8
         args.probe_seeds, args.pca_rows, args.seeds_partitions, args.warmups = 1, "300,1000", 4, 0
+        args.probe_max_iter = 20
     configs = _configs(args.configs)
     if _REFERENCE not in configs:
         configs.insert(0, _REFERENCE)
@@ -621,7 +626,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 entry["cosine_vs_fp32_same_size"] = cosine_stats(
                     results[_name("tflite", entry["size"])]["pipeline"]["features_path"],
                     entry["pipeline"]["features_path"])
-            entry["probe"] = probe_scores(spark, entry["pipeline"]["features_path"], seeds_list, distinct_only)
+            entry["probe"] = probe_scores(spark, entry["pipeline"]["features_path"], seeds_list, distinct_only,
+                                          args.probe_max_iter)
             print(f"bench: {name}: probe {100 * entry['probe']['mean_accuracy']:.2f} %", flush=True)
         ref = results[_name(*_REFERENCE)]
         within = [n for n, e in results.items()

@@ -48,6 +48,7 @@ def test_bench_runs_on_a_tiny_input(tmp_path, sample_dir):
         assert c["raw"]["best"] > 0 and c["raw"]["one_process"] > 0 and c["raw"]["per_core"] > 0
         assert c["pipeline"]["img_per_s"] > 0 and c["pipeline"]["run_img_per_s"] > 0
         assert 0 <= c["probe"]["mean_accuracy"] <= 1 and c["probe"]["n_test"] == 8  # distinct photos only
+        assert c["probe"]["max_iter"] == 20  # --quick
         assert c["python_worker_peak_mb"] > 0
     int8 = configs["tflite-int8:96"]
     for fid in (int8["cosine_vs_reference"], int8["cosine_vs_fp32_same_size"]):
