@@ -401,6 +401,7 @@ def probe_curve(
     ParameterError
         No ``k`` in ``[1, fit.k]``, and the errors of :func:`linear_probe`.
     """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from p8utils.pca import transform
@@ -414,9 +415,10 @@ def probe_curve(
                              f"e.g. pca.fit_pca(features, k={max(wanted) if wanted else 50}).")
     split, n_classes, n_train, n_test = _prepared(features_df, features_col, label_col, id_col, test_fraction, seed,
                                                   max_rows)
+    # every probe reads the scores three times (column spreads, fit, test rows): project them once
+    scored = transform(fit, split.withColumn("_p8_raw", F.col(features_col)), input_col=features_col,
+                       output_col="_p8_scores").persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        scored = transform(fit, split.withColumn("_p8_raw", F.col(features_col)), input_col=features_col,
-                           output_col="_p8_scores")
         rows: List[Dict[str, object]] = []
         for k in chosen:
             r = _probe(scored, _as_vector("_p8_scores", k), n_classes, reg_param, max_iter, n_train, n_test)
@@ -428,6 +430,7 @@ def probe_curve(
             rows.append({"representation": "raw", "k": fit.width, "accuracy": r.accuracy, "macro_f1": r.macro_f1,
                          "cumulative_variance": 1.0, "n_train": n_train, "n_test": n_test})
     finally:
+        scored.unpersist()
         split.unpersist()
     return pd.DataFrame(rows, columns=["representation", "k", "accuracy", "macro_f1", "cumulative_variance",
                                        "n_train", "n_test"])
