@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from p8utils import engines, images, models, pca, pipeline, probe
 from p8utils.config import RunConfig
@@ -175,29 +176,10 @@ def _one_process(spec: models.ModelSpec, payload: Any, engine: str, x: np.ndarra
 # --------------------------------------------------------------------------- memory
 
 
-def _descendants(pid: int) -> List[int]:
-    """PIDs of every descendant process of ``pid`` (Linux /proc)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:  # a process may end while it is walked: its /proc folder goes away under the scan
-            tasks = list(Path(f"/proc/{p}/task").glob("*"))
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                kids = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
-def _peak_rss_mb(pid: int) -> float:
-    """Peak resident set size (VmHWM) of a process, MiB."""
+def _peak_rss_mb(process: psutil.Process) -> float:
+    """Peak resident set size (VmHWM, which psutil does not report) of a process, MiB; 0 once it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -205,23 +187,25 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _cmd(pid: int) -> str:
+def _cmdline(process: psutil.Process) -> str:
+    """Return the command line of a process, "" once it is gone."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+        return " ".join(process.cmdline())
+    except psutil.Error:
         return ""
 
 
 def memory_snapshot() -> Dict[str, float]:
     """Peak RSS (MiB) of the Python workers (max), the JVM driver and this Python driver."""
-    procs = _descendants(os.getpid())
-    workers = [p for p in procs if "pyspark.daemon" in _cmd(p) or "pyspark.worker" in _cmd(p)]
-    jvms = [p for p in procs if "java" in _cmd(p).split(" ")[0]]
+    me = psutil.Process()
+    commands = {p: _cmdline(p) for p in me.children(recursive=True)}
+    workers = [p for p, cmd in commands.items() if "pyspark.daemon" in cmd or "pyspark.worker" in cmd]
+    jvms = [p for p, cmd in commands.items() if "java" in cmd.split(" ")[0]]
     return {
         "python_worker_peak_mb": max((_peak_rss_mb(p) for p in workers), default=0.0),
         "python_workers": len(workers),
         "jvm_driver_peak_mb": max((_peak_rss_mb(p) for p in jvms), default=0.0),
-        "python_driver_peak_mb": _peak_rss_mb(os.getpid()),
+        "python_driver_peak_mb": _peak_rss_mb(me),
     }
 
 

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "fruits360"
 
@@ -59,37 +61,11 @@ def build_input(source: Path, n: int, dest: Path, start: int = 0) -> Path:
     return dest
 
 
-def _tree(pid: int) -> List[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:  # a process may end while it is walked: its /proc folder goes away under the scan
-            tasks = list(Path(f"/proc/{p}/task").glob("*"))
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return out
-
-
-def _rss_mb(pid: int) -> float:
+def _kind(process: psutil.Process) -> str:
+    """Tell what a process of the run is: ``jvm``, ``python_worker``, ``python_driver`` or ``other``."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _kind(pid: int) -> str:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        cmd = " ".join(process.cmdline())
+    except psutil.Error:
         return "other"
     if "java" in cmd.split(" ")[0]:
         return "jvm"
@@ -100,6 +76,14 @@ def _kind(pid: int) -> str:
     return "other"
 
 
+def _rss_mb(process: psutil.Process) -> float:
+    """Resident set size of a process now, MiB; 0 once it is gone."""
+    try:
+        return process.memory_info().rss / 2**20
+    except psutil.Error:
+        return 0.0
+
+
 def run_cli(args: Sequence[str], log: Path) -> Dict[str, Any]:
     """Run ``python -m p8utils run ARGS``; return wall seconds, exit code and peak RSS (MiB) per process kind."""
     peaks: Dict[str, float] = {}
@@ -107,13 +91,18 @@ def run_cli(args: Sequence[str], log: Path) -> Dict[str, Any]:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "p8utils", "run", *args, "--no-explorer"], cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)
+        root = psutil.Process(proc.pid)
         done = threading.Event()
 
         def poll() -> None:
             while not done.wait(0.2):
-                for pid in _tree(proc.pid):
-                    kind = _kind(pid)
-                    peaks[kind] = max(peaks.get(kind, 0.0), _rss_mb(pid))
+                try:
+                    tree = [root] + root.children(recursive=True)
+                except psutil.Error:  # the run has ended
+                    continue
+                for process in tree:
+                    kind = _kind(process)
+                    peaks[kind] = max(peaks.get(kind, 0.0), _rss_mb(process))
 
         watcher = threading.Thread(target=poll, daemon=True)
         watcher.start()
@@ -132,11 +121,11 @@ def _listing_cost(folder: Path) -> Dict[str, float]:
     spark = get_spark("local[2]", conf={"spark.ui.enabled": "false"})
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            before = _rss_mb(os.getpid())
+            before = _rss_mb(psutil.Process())
             start = time.perf_counter()
             listing = list_images(spark, str(folder), dest=str(Path(tmp) / "listing"))
             seconds = time.perf_counter() - start
-            after = _rss_mb(os.getpid())
+            after = _rss_mb(psutil.Process())
             return {"files": listing.n_files, "seconds": round(seconds, 2),
                     "driver_rss_growth_mb": round(after - before, 1)}
     finally:
