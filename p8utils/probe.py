@@ -242,12 +242,17 @@ def _macro_f1(pairs: Sequence[Tuple[float, float, int]]) -> Tuple[float, float]:
 
 
 def _probe(split: DataFrame, vector, n_classes: int, reg_param: float, max_iter: int,  # noqa: ANN001 - a Column
-           n_train: int, n_test: int) -> ProbeResult:
-    """Fit the multinomial logistic regression on the train rows of ``split``, score the test rows."""
+           n_train: int, n_test: int, std: Optional[np.ndarray] = None) -> ProbeResult:
+    """Fit the multinomial logistic regression on the train rows of ``split``, score the test rows.
+
+    ``std``: the training rows' standard deviation of each entry of ``vector`` when the caller has it
+    (:func:`_train_std`), else computed here.
+    """
     from pyspark.ml.classification import LogisticRegression
     from pyspark.sql import functions as F
 
-    data = _without_negligible_columns(split.select(F.col(_LABEL_INDEX), F.col(SPLIT_COL), vector.alias(_VECTOR)))
+    data = _without_negligible_columns(split.select(F.col(_LABEL_INDEX), F.col(SPLIT_COL), vector.alias(_VECTOR)),
+                                       std)
     lr = LogisticRegression(featuresCol=_VECTOR, labelCol=_LABEL_INDEX, family="multinomial", regParam=float(reg_param),
                             elasticNetParam=0.0, maxIter=int(max_iter), tol=1e-8, standardization=False)
     model = lr.fit(data.where(F.col(SPLIT_COL) == F.lit(False)))
@@ -256,18 +261,33 @@ def _probe(split: DataFrame, vector, n_classes: int, reg_param: float, max_iter:
     return ProbeResult(float(accuracy), float(macro_f1), n_train, n_test, n_classes)
 
 
-def _without_negligible_columns(data: DataFrame) -> DataFrame:
-    """Zero the vector entries whose training standard deviation is below :data:`NEGLIGIBLE_STD` × the largest.
+def _train_std(data: DataFrame, vector) -> Optional[np.ndarray]:  # noqa: ANN001 - a Column
+    """Return the standard deviation of each entry of the Vector column ``vector`` over the training rows.
 
-    ``data`` has the ml Vector column ``_VECTOR`` and :data:`SPLIT_COL`; returned with the same columns.
+    Returns
+    -------
+    numpy.ndarray or None
+        Float64 ``(width,)`` (NaN as 0); None without training rows.
     """
-    from pyspark.ml.feature import ElementwiseProduct
-    from pyspark.ml.linalg import Vectors
     from pyspark.ml.stat import Summarizer
     from pyspark.sql import functions as F
 
-    row = data.where(~F.col(SPLIT_COL)).select(Summarizer.std(F.col(_VECTOR)).alias("std")).first()
-    std = np.nan_to_num(np.asarray(row["std"].toArray(), dtype=np.float64)) if row and row["std"] is not None else None
+    row = data.where(~F.col(SPLIT_COL)).select(Summarizer.std(vector).alias("std")).first()
+    return np.nan_to_num(np.asarray(row["std"].toArray(), dtype=np.float64)) if row and row["std"] is not None else None
+
+
+def _without_negligible_columns(data: DataFrame, std: Optional[np.ndarray] = None) -> DataFrame:
+    """Zero the vector entries whose training standard deviation is below :data:`NEGLIGIBLE_STD` × the largest.
+
+    ``data`` has the ml Vector column ``_VECTOR`` and :data:`SPLIT_COL`; returned with the same columns.
+    ``std``: those deviations (:func:`_train_std`), computed here when not given.
+    """
+    from pyspark.ml.feature import ElementwiseProduct
+    from pyspark.ml.linalg import Vectors
+    from pyspark.sql import functions as F
+
+    if std is None:
+        std = _train_std(data, F.col(_VECTOR))
     if std is None or std.size == 0:
         return data
     keep = std > NEGLIGIBLE_STD * std.max()
@@ -415,13 +435,15 @@ def probe_curve(
                              f"e.g. pca.fit_pca(features, k={max(wanted) if wanted else 50}).")
     split, n_classes, n_train, n_test = _prepared(features_df, features_col, label_col, id_col, test_fraction, seed,
                                                   max_rows)
-    # every probe reads the scores three times (column spreads, fit, test rows): project them once
+    # every probe reads the scores twice (fit, test rows), after one pass for their spreads: project them once
     scored = transform(fit, split.withColumn("_p8_raw", F.col(features_col)), input_col=features_col,
                        output_col="_p8_scores").persist(StorageLevel.MEMORY_AND_DISK)
     try:
         rows: List[Dict[str, object]] = []
+        spreads = _train_std(scored, _as_vector("_p8_scores"))  # once; each k takes its first k entries
         for k in chosen:
-            r = _probe(scored, _as_vector("_p8_scores", k), n_classes, reg_param, max_iter, n_train, n_test)
+            r = _probe(scored, _as_vector("_p8_scores", k), n_classes, reg_param, max_iter, n_train, n_test,
+                       None if spreads is None else spreads[:k])
             rows.append({"representation": "pca", "k": k, "accuracy": r.accuracy, "macro_f1": r.macro_f1,
                          "cumulative_variance": float(fit.cumulative_variance[k - 1]), "n_train": n_train,
                          "n_test": n_test})
