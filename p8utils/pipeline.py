@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterator, Optional, Tuple, Union
@@ -28,7 +29,7 @@ import numpy as np
 from p8utils import engines, images, runs, storage
 from p8utils import pca as pca_mod
 from p8utils.config import RunConfig
-from p8utils.errors import ParameterError
+from p8utils.errors import DamagedRunFileError, ParameterError
 from p8utils.featurize import featurize
 from p8utils.models import DEFAULT_IMAGE_SIZE, WeightsBundle, load_weights
 from p8utils.pca import Moments, PCAResult, fit_moments, fit_pca, transform
@@ -130,11 +131,12 @@ def run(
             reuse["pca_refit"] = refit
         with stage("pca_transform", spark):
             active.write_pca(transform(fit, staged.where("features IS NOT NULL").select("path", "label", "features")),
-                             fit.to_bytes(), fit.moments.to_bytes() if fit.moments is not None else None)
+                             fit.to_bytes(), fit.moments.to_bytes() if fit.moments is not None else None,
+                             expected_rows=counts.ok)
         manifest = runs.build_manifest(config, active, bundle, counts, fit, stage.seconds, spark, reuse=reuse,
                                        unlisted=listing.unlisted, model_builds=builds,
                                        incremental_key=list(INCREMENTAL_KEY) if config.mode == "incremental" else None)
-        active.commit(manifest)
+        manifest = active.commit(manifest)
     for warning in manifest["warnings"]:
         log.warning(warning)
     lay = runs.layout(config.output)
@@ -200,10 +202,10 @@ def project(
         fit = _run_fit(source, made, bundle, spark)
         listing, staged, reuse, builds, counts = _all_featurized(config, active, bundle, stage, spark)
         with stage("pca_transform", spark):
-            centroids = pca_mod.class_centroids(spark.read.parquet(storage.spark_path(source.pca)))
+            centroids = pca_mod.class_centroids(runs.read_pca(source, spark))
             scores = pca_mod.nearest_classes(transform(fit, staged.where("features IS NOT NULL").select(
                 "path", "label", "features")), centroids)
-            active.write_pca(scores, fit.to_bytes())
+            active.write_pca(scores, fit.to_bytes(), expected_rows=counts.ok)
             hits = active.staged_pca(spark).where(F.col("label").isin(*centroids.labels)).agg(
                 F.count(F.lit(1)).alias("n"), F.sum((F.col("label") == F.col("nearest_classes")[0]).cast("int")
                                                     ).alias("hits")).first()
@@ -213,7 +215,7 @@ def project(
         manifest = runs.build_manifest(config.replace(k=fit.k), active, bundle, counts, fit, stage.seconds, spark,
                                        reuse=reuse, unlisted=listing.unlisted, model_builds=builds,
                                        extra={"kind": "projection", "projection": projection})
-        active.commit(manifest)
+        manifest = active.commit(manifest)
     lay = runs.layout(config.output)
     return RunResult(config.output, lay.features, lay.pca, lay.manifest, manifest, fit)
 
@@ -280,10 +282,27 @@ def _run_fit(source: runs.RunLayout, made: Dict[str, Any], bundle: WeightsBundle
             f"with sha256={made['weights']['sha256'][:12]}… ({made['weights']['source']}): its PCA means nothing for "
             "other features. Fix: pass the weights the run used (weights=<that file>, same seed), or re-run it."
         )
-    if not storage.exists(source.pca_model, spark):
-        raise ParameterError(f"the run {source.root!r} has no PCA fit ({source.pca_model}): it was made by an older "
+    found = runs.read_pca_file(source, "model", spark)
+    if found is None:
+        raise ParameterError(f"the run {source.root!r} has no PCA fit (pca/_model-*.npz): it was made by an older "
                              "p8utils. Fix: run it again (mode='overwrite') with this version, then project.")
-    return PCAResult.from_bytes(storage.read_bytes(source.pca_model, spark))
+    return _load(PCAResult, found, source, "model")
+
+
+def _load(kind: type, found: Tuple[str, bytes], run: runs.RunLayout, what: str) -> Any:
+    """``kind.from_bytes`` of the PCA file ``found`` (path, bytes) of ``run``; a damaged file is named, with the fix.
+
+    Raises
+    ------
+    DamagedRunFileError
+    """
+    try:
+        return kind.from_bytes(found[1])
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise DamagedRunFileError(
+            f"the PCA {what} {found[0]} of the run {run.root!r} (named in {run.manifest}) is damaged ({exc}). Fix: "
+            "restore it, or write the run again with mode='overwrite' (--mode overwrite); nothing was changed."
+        ) from None
 
 
 def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: runs.RowCheck,
@@ -313,9 +332,10 @@ def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: r
 def _moments_update(active: runs.ActiveRun, counts: runs.RowCheck, spark: SparkSession) -> Optional[Moments]:
     """Moments of the committed table after the commit, from the previous ones; None when they cannot be used."""
     leaving = active.leaving_features(spark)
-    if leaving is None or not storage.exists(active.layout.pca_moments, spark):
+    found = runs.read_pca_file(active.layout, "moments", spark) if leaving is not None else None
+    if found is None:
         return None  # not merging, or a run of an older p8utils (or a fit by Spark ML) before
-    previous = Moments.from_bytes(storage.read_bytes(active.layout.pca_moments, spark))
+    previous = _load(Moments, found, active.layout, "moments")
     removed = pca_mod.moments(leaving)
     if 2 * removed.n > previous.n:
         return None  # most rows replaced: taking them out would cost as much as reading all, less exactly
@@ -376,9 +396,9 @@ def _previous_features(config: RunConfig, active: runs.ActiveRun, bundle: Weight
         The previous run used another model or other weights: mixing them
         would give a table of incomparable features.
     """
-    if config.mode != "incremental" or not storage.exists(active.layout.manifest, spark):
+    if config.mode != "incremental" or active.previous is None:
         return None
-    previous = runs.read_manifest(config.output, spark)
+    previous = runs.read_manifest(active.layout, spark)
     used, wanted = _numerics(previous["parameters"], previous["weights"]["sha256"]), _numerics(
         config.to_manifest(), bundle.sha256)
     if used != wanted:
@@ -388,7 +408,7 @@ def _previous_features(config: RunConfig, active: runs.ActiveRun, bundle: Weight
             "them would hold incomparable features. Fix: use the same model, weights, image_size and engine "
             "precision, or mode='overwrite' to recompute everything, or a new output."
         )
-    return spark.read.parquet(storage.spark_path(active.layout.features))
+    return runs.read_features(active.layout, spark)
 
 
 def _numerics(parameters: Dict[str, Any], weights_sha256: str) -> Dict[str, Any]:
@@ -526,7 +546,7 @@ def _write_features(active: runs.ActiveRun, table: DataFrame, listing: images.Li
     """Stage the features table; with Spark's reader, add rows for the listed files it never read."""
     staged = active.write_features(table)
     if listing.reader == "spark":
-        staged = active.write_features(_unread_rows(listing, staged), append=True)
+        staged = active.write_features(_unread_rows(listing, staged))
     return staged
 
 

@@ -1,46 +1,54 @@
 """The run protocol: one module owns the output folder.
 
-Layout of a run folder (local path or Hadoop URI, ``s3://`` on EMR)::
+Layout of a run folder (local path or URI, ``s3://`` on EMR)::
 
-    <output>/features/        parquet: one row per listed file (path, label, features, error, length, modificationTime)
-    <output>/pca/             parquet: path, label, pca_features (array<double>[k]); _model.npz: the fit
-                              and _moments.npz: what it was fitted from (for the next incremental run)
-    <output>/manifest.json    written last: its presence marks a complete run
+    <output>/manifest.json    the commit: written last, it names the data files of the committed tables
+    <output>/features/        parquet part files: one row per listed file (path, label, features, error,
+                              length, modificationTime); the committed table is the files the manifest names
+    <output>/pca/             parquet part files: path, label, pca_features (array<double>[k]);
+                              _model-<run id>.npz: the fit, _moments-<run id>.npz: what it was fitted from
     <output>/figures/         PNGs of the notebooks (01 / 02)
     <output>/analysis/        notebook 03: figures/, variance_table.csv
     <output>/notebooks/       executed notebooks (scripts/run_notebooks.py)
     <output>/_lease.json      while a run holds the folder (see below)
-    <output>/_staging/<run>/  what a run writes before its commit
-    <output>/_trash/<run>/    the previous output during a commit
+    <output>/_staging/<run>/  the run's private scratch (its listing); never committed
 
-Spark skips names starting with ``_`` when it reads a dataset, and they are
-never part of a complete run.
+The protocol (:func:`open_run`) never renames a data file: on an object store
+a rename is a copy of every object plus a delete, and a reader of the folder
+would see old and new files mixed meanwhile. It works like Delta Lake's log or
+Hadoop's S3A committers:
 
-The protocol (:func:`open_run`)
--------------------------------
 1. **Lease.** Before it writes anything a run creates ``_lease.json``
-   exclusively (run id, host, pid, start time; refreshed every
-   :data:`LEASE_REFRESH_S` seconds by a thread). If the file exists and its
-   holder lives, the run stops at once with :class:`~p8utils.errors.OutputBusyError`
-   naming the holder and the fix; no Spark job has run. A holder is *gone*
-   when it ran on this host and its process no longer exists, or when its
-   lease was not refreshed for :data:`LEASE_EXPIRY_S` seconds (a run on
-   another host, e.g. a terminated EMR cluster). Only then is the lease taken
-   over and the leftovers of that run (and of runs older than it) removed;
-   a commit it left half done is rolled back to the previous output.
-2. **Staging.** Everything is written below ``_staging/<run id>/``.
-3. **Check.** Before the commit the staged features must hold exactly one
-   row per listed file (same count, same distinct paths: :meth:`ActiveRun.check_rows`);
-   otherwise :class:`~p8utils.errors.RunCheckError` names the difference and
-   the previous output stays as it was. The manifest's counts are this check's.
-4. **Commit.** The lease is verified, a journal of the moves is written to
-   ``_trash/<run id>/``, the previous ``manifest.json``, ``features/``,
-   ``pca/`` move there, the staged ones move in, the new manifest is written
-   last, the trash is deleted, the lease released. An incremental run moves
-   files instead of folders (:meth:`ActiveRun.merge_into_committed`): the
-   committed part files it replaces go to the trash, its new ones join the
-   others. On a local filesystem or HDFS each move is a rename; on S3 a rename
-   copies (not atomic), but the manifest is still written last.
+   exclusively: ``O_EXCL`` on a local disk, a conditional PutObject
+   (``If-None-Match: *``) on S3. It holds run id, host, pid, start time and is
+   refreshed every :data:`LEASE_REFRESH_S` seconds. If the file exists and its
+   holder lives, the run stops at once with :class:`~p8utils.errors.OutputBusyError`;
+   no Spark job has run. A holder is *gone* when it ran on this host and its
+   process no longer exists, or when its lease was not refreshed for
+   :data:`LEASE_EXPIRY_S` seconds (a run on another host). Only then is the
+   lease taken over; every file the committed manifest does not name (what the
+   gone run wrote) is deleted.
+2. **Write once.** The run's data files are written by Spark straight into
+   ``features/`` and ``pca/`` under names no other run uses (Spark's part names
+   carry the write's UUID; the PCA fit carries the run id). Until the commit no
+   reader that follows the manifest sees them.
+3. **Check.** The written features must hold exactly one row per listed file
+   (same count, same distinct paths: :meth:`ActiveRun.check_rows`), and the PCA
+   scores one row per featurized file; otherwise :class:`~p8utils.errors.RunCheckError`
+   names the difference and the committed table stays as it was.
+4. **Commit.** The lease is verified, then ``manifest.json`` is written: one
+   small object (a single PUT on S3, a rename of a temporary file on a local
+   disk) naming the files of the new ``features`` and ``pca`` tables with their
+   row counts. That write is the commit. The files it no longer names (the
+   previous table's, or the part files an incremental run replaced) are then
+   deleted, the lease released. An incremental run keeps the committed part
+   files it does not change and names them again next to its new ones.
+
+Readers use :func:`read_features` and :func:`read_pca`, which read exactly the
+committed files. A plain ``spark.read.parquet("<output>/features")`` equals the
+committed table once a run has ended; while a run commits (from the moment
+Spark's job commit publishes its files until the previous files are deleted) it
+may see both.
 """
 
 from __future__ import annotations
@@ -52,7 +60,6 @@ import os
 import socket
 import sys
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -60,7 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from p8utils import __version__, storage
-from p8utils.errors import OutputBusyError, OutputExistsError, ParameterError, RunCheckError
+from p8utils.errors import DamagedRunFileError, OutputBusyError, OutputExistsError, ParameterError, RunCheckError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -73,17 +80,22 @@ __all__ = [
     "LEASE_EXPIRY_S",
     "LEASE_REFRESH_S",
     "ActiveRun",
+    "Committed",
     "LeaseHolder",
     "RowCheck",
     "RunLayout",
     "check_output_location",
+    "committed",
     "find_run",
     "latest_run",
     "layout",
     "new_run_dir",
     "build_manifest",
     "open_run",
+    "read_features",
     "read_manifest",
+    "read_pca",
+    "read_pca_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,7 +110,10 @@ LEASE_EXPIRY_S = 600.0
 MANIFEST = "manifest.json"
 LEASE = "_lease.json"
 STAGING = "_staging"
-TRASH = "_trash"
+#: The two tables of a run, each a folder of parquet part files named by the manifest.
+TABLES: Tuple[str, ...] = ("features", "pca")
+#: Files of the run protocol itself (not a run's content).
+_PROTOCOL = (LEASE, STAGING, "_trash")
 
 
 def _place(*parts: str, doc: str) -> property:
@@ -121,26 +136,51 @@ class RunLayout:
     def _sub(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
 
-    features = _place("features", doc="The features parquet dataset.")
-    pca = _place("pca", doc="The PCA scores parquet dataset.")
-    manifest = _place(MANIFEST, doc="The manifest, written last.")
-    pca_model = _place("pca", "_model.npz", doc="The PCA fit (mean, components, explained variance; .npz).")
-    pca_moments = _place("pca", "_moments.npz", doc="The moments the fit was made from (:class:`p8utils.pca.Moments`).")
+    features = _place("features", doc="The features table's folder (its committed files: :func:`read_features`).")
+    pca = _place("pca", doc="The PCA scores table's folder (its committed files: :func:`read_pca`).")
+    manifest = _place(MANIFEST, doc="The manifest, written last: the commit.")
     figures = _place("figures", doc="PNG figures of notebooks 01 / 02.")
     analysis = _place("analysis", doc="Notebook 03's folder (``figures/``, tables).")
     notebooks = _place("notebooks", doc="Executed notebooks.")
     lease = _place(LEASE, doc="The lock file of the run that holds the folder.")
-    staging_root = _place(STAGING, doc="Parent of every run's staging folder.")
-    trash_root = _place(TRASH, doc="Parent of every run's trash folder.")
-    journal = _place("journal.json", doc="In a trash folder: the moves of a commit (for a run finding it half done).")
+    staging_root = _place(STAGING, doc="Parent of every run's scratch folder.")
 
-    def staging(self, run_id: str) -> RunLayout:
-        """Layout of ``run_id``'s staging folder (same sub-folders as a run)."""
-        return RunLayout(self._sub(STAGING, run_id))
+    def staging(self, run_id: str) -> str:
+        """``run_id``'s scratch folder (its listing; never committed)."""
+        return self._sub(STAGING, run_id)
 
-    def trash(self, run_id: str) -> RunLayout:
-        """Layout of ``run_id``'s trash folder (the previous output during its commit)."""
-        return RunLayout(self._sub(TRASH, run_id))
+    def file(self, table: str, name: str) -> str:
+        """Path of the file ``name`` of the table ``table`` (``features`` or ``pca``)."""
+        return self._sub(table, name)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The files of a committed run, as its manifest names them.
+
+    Attributes
+    ----------
+    features, pca : dict of str to int
+        Part file name (in ``features/`` / ``pca/``) -> rows.
+    pca_model, pca_moments : str or None
+        File names in ``pca/`` of the PCA fit and of its moments.
+    """
+
+    features: Dict[str, int]
+    pca: Dict[str, int]
+    pca_model: Optional[str] = None
+    pca_moments: Optional[str] = None
+
+    def names(self, table: str) -> List[str]:
+        """Every file of ``table`` the commit keeps (parts, and in ``pca`` the fit and moments)."""
+        extra = [n for n in (self.pca_model, self.pca_moments) if n] if table == "pca" else []
+        return sorted(getattr(self, table)) + extra
+
+    def to_manifest(self) -> Dict[str, Any]:
+        """Return the manifest's ``files`` entry."""
+        return {"features": [{"name": n, "rows": r} for n, r in sorted(self.features.items())],
+                "pca": [{"name": n, "rows": r} for n, r in sorted(self.pca.items())],
+                "pca_model": self.pca_model, "pca_moments": self.pca_moments}
 
 
 def layout(output: str) -> RunLayout:
@@ -230,7 +270,7 @@ def find_run(path: str, spark: Optional[SparkSession] = None) -> RunLayout:
         Nothing there.
     """
     run = layout(path)
-    if storage.exists(run.features, spark):
+    if storage.exists(run.manifest, spark) or storage.exists(run.features, spark):
         return run
     if storage.exists(run.root, spark) and run.root.rstrip("/").rsplit("/", 1)[-1] == "features":
         return layout(storage.parent(run.root))
@@ -259,21 +299,126 @@ def check_output_location(input: str, output: str) -> None:
             )
 
 
-def read_manifest(output: str, spark: Optional[SparkSession] = None) -> Dict[str, Any]:
+def read_manifest(output: Union[str, RunLayout], spark: Optional[SparkSession] = None) -> Dict[str, Any]:
     """Read ``<output>/manifest.json``.
 
     Raises
     ------
     ParameterError
         No manifest: the run is missing or did not complete.
+    DamagedRunFileError
+        The manifest is not valid JSON (truncated, overwritten by hand …).
     """
-    path = layout(output).manifest
-    if not storage.exists(path, spark):
+    lay = output if isinstance(output, RunLayout) else layout(output)
+    try:
+        data = storage.read_bytes(lay.manifest, spark)
+    except FileNotFoundError:
+        data = None
+    if data is None:
         raise ParameterError(
-            f"no {MANIFEST} in output={output!r}: the run is missing or did not complete. "
+            f"no {MANIFEST} in output={lay.root!r}: the run is missing or did not complete. "
             "Fix: run the pipeline (python -m p8utils run) into that folder first."
         )
-    return json.loads(storage.read_bytes(path, spark).decode("utf-8"))
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        return manifest
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DamagedRunFileError(
+            f"{lay.manifest} is damaged ({exc}): the run's commit record cannot be read, nothing was changed. "
+            f"Fix: restore it, or write the run again with mode='overwrite' (--mode overwrite) or into a new output."
+        ) from None
+
+
+def committed(run: Union[str, RunLayout], spark: Optional[SparkSession] = None) -> Optional[Committed]:
+    """Return the committed files of a run folder; None when it holds no manifest.
+
+    A manifest written before manifests named their files (p8utils < 0.2)
+    commits every part file of its folders and ``pca/_model.npz``.
+
+    Raises
+    ------
+    DamagedRunFileError
+        The manifest is damaged.
+    """
+    lay = run if isinstance(run, RunLayout) else layout(run)
+    try:
+        manifest = read_manifest(lay, spark)
+    except DamagedRunFileError:
+        raise
+    except ParameterError:
+        return None
+    files = manifest.get("files")
+    if files is None:  # legacy layout: whole folders, fixed names
+        pca_names = storage.list_dir(lay.pca, spark)
+        return Committed({n: -1 for n in _part_files(lay.features, spark)}, {n: -1 for n in pca_names
+                                                                          if n.startswith("part-")},
+                         "_model.npz" if "_model.npz" in pca_names else None,
+                         "_moments.npz" if "_moments.npz" in pca_names else None)
+    try:
+        return Committed({f["name"]: int(f["rows"]) for f in files["features"]},
+                         {f["name"]: int(f["rows"]) for f in files["pca"]}, files.get("pca_model"),
+                         files.get("pca_moments"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedRunFileError(
+            f"{lay.manifest} is damaged (its 'files' entry: {exc!r}). Fix: restore it, or write the run again "
+            "with mode='overwrite' or into a new output."
+        ) from None
+
+
+def _read_table(run: Union[str, RunLayout], table: str, spark: SparkSession) -> DataFrame:
+    lay = run if isinstance(run, RunLayout) else find_run(str(run), spark)
+    files = committed(lay, spark)
+    if files is None:
+        raise ParameterError(f"no {MANIFEST} in {lay.root!r}: it holds no complete run. Fix: pass a run folder "
+                             "written by notebook 01/02 or `python -m p8utils run`, once that run has ended.")
+    names = sorted(getattr(files, table))
+    if not names:  # an empty table (e.g. no image could be featurized): its schema, no rows
+        return spark.read.parquet(storage.spark_path(getattr(lay, table))).limit(0)
+    return spark.read.parquet(*[storage.spark_path(lay.file(table, n)) for n in names])
+
+
+def read_features(run: Union[str, RunLayout], spark: SparkSession) -> DataFrame:
+    """Read the committed ``features`` table of a run: exactly the files its manifest names.
+
+    Parameters
+    ----------
+    run : str or RunLayout
+        The run folder (local path or URI) or its ``features/`` folder.
+    spark : pyspark.sql.SparkSession
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        ``path``, ``label``, ``features`` (array<float>[n], null on error), ``error``, ``length``,
+        ``modificationTime``: one row per listed file. A run being committed meanwhile does not change
+        what this returns (the previous table or the new one, never a mix).
+    """
+    return _read_table(run, "features", spark)
+
+
+def read_pca(run: Union[str, RunLayout], spark: SparkSession) -> DataFrame:
+    """Read the committed ``pca`` table of a run (``path``, ``label``, ``pca_features`` array<double>[k], …)."""
+    return _read_table(run, "pca", spark)
+
+
+def read_pca_file(run: Union[str, RunLayout], kind: str,
+                  spark: Optional[SparkSession] = None) -> Optional[Tuple[str, bytes]]:
+    """Return the path and bytes of the committed PCA fit (``kind="model"``) or its moments (``"moments"``).
+
+    None when the run has none.
+    """
+    lay = run if isinstance(run, RunLayout) else layout(run)
+    files = committed(lay, spark)
+    name = None if files is None else getattr(files, f"pca_{kind}")
+    if name is None:
+        return None
+    try:
+        return lay.file("pca", name), storage.read_bytes(lay.file("pca", name), spark)
+    except FileNotFoundError:
+        raise DamagedRunFileError(f"{lay.manifest} names {lay.file('pca', name)}, which is gone. Fix: write the run "
+                                  "again with mode='overwrite'.") from None
 
 
 # --------------------------------------------------------------------------- lease
@@ -369,8 +514,9 @@ class LeaseHolder:
             fields = json.loads(data.decode("utf-8"))
             return cls(**{k: fields[k] for k in asdict(cls("", "", 0, None, "", "")) if k in fields})
         except (ValueError, TypeError, KeyError) as exc:
-            raise OutputBusyError(
-                f"the lease file {uri} is not valid ({exc}). Fix: if no run is writing to this folder, delete it."
+            raise DamagedRunFileError(
+                f"the lease file {uri} is damaged ({exc!r}). Fix: if no run is writing to this folder, delete it; "
+                "then run again."
             ) from None
 
     def gone_reason(self, now: Optional[_dt.datetime] = None) -> Optional[str]:
@@ -411,13 +557,7 @@ def _take_lease(lay: RunLayout, mine: LeaseHolder, spark: Optional[SparkSession]
     """
     replaced: Optional[LeaseHolder] = None
     for _ in range(5):
-        if storage.create_exclusive(lay.lease, mine.to_bytes(), spark):
-            if not storage.is_local(lay.lease):
-                time.sleep(1.0)  # S3: both racers may "create"; the last writer wins, the other backs off
-            now = LeaseHolder.read(lay.lease, spark)
-            if now is None or now.run_id != mine.run_id:
-                raise _busy(lay, now) if now is not None else OutputBusyError(
-                    f"output={lay.root!r}: another run raced for its lease. Fix: run again.")
+        if storage.create_exclusive(lay.lease, mine.to_bytes(), spark):  # atomic: O_EXCL, If-None-Match on S3
             return replaced
         holder = LeaseHolder.read(lay.lease, spark)
         if holder is None:
@@ -472,6 +612,8 @@ class RowCheck:
     ok: int
     #: Rows with an error, by reason (sorted by reason).
     failed_by_reason: Dict[str, int] = field(default_factory=dict)
+    #: Rows of each part file of the table (by file name).
+    files: Dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -492,66 +634,87 @@ class ActiveRun:
     layout : RunLayout
         The output folder.
     run_id : str
-        This run's id (names its staging and trash folders).
-    staged : RunLayout
-        The staging folder (``features``, ``pca``, ``listing`` …).
+        This run's id (names its scratch folder and its PCA fit).
     spark : SparkSession or None
-        Needed for non-local outputs.
+        Needed for Hadoop URIs other than S3 (``hdfs://``); None for local folders and S3.
     started : datetime.datetime
         UTC start time.
     replaced : LeaseHolder or None
         The gone run whose lease was taken over.
+    previous : Committed or None
+        The committed files when this run took the lease (None: nothing committed).
     """
 
     layout: RunLayout
     run_id: str
-    staged: RunLayout
     spark: Optional[SparkSession]
     started: _dt.datetime
     replaced: Optional[LeaseHolder] = None
+    previous: Optional[Committed] = None
     _refresher: Optional[_Refresher] = field(default=None, repr=False)
     _mine: Optional[LeaseHolder] = field(default=None, repr=False)
     _drop: Optional[Tuple[str, ...]] = field(default=None, repr=False)
+    _keep: Tuple[str, ...] = field(default=(), repr=False)
+    _written: Dict[str, List[str]] = field(default_factory=lambda: {t: [] for t in TABLES}, repr=False)
+    _rows: Dict[str, Dict[str, int]] = field(default_factory=lambda: {t: {} for t in TABLES}, repr=False)
+    _fit_files: Dict[str, Optional[str]] = field(default_factory=lambda: {"model": None, "moments": None},
+                                                 repr=False)
+    _committed: bool = field(default=False, repr=False)
 
     @property
     def listing_path(self) -> str:
-        """Where the run keeps its listing (parquet)."""
-        return storage.join(self.staged.root, "listing")
+        """Where the run keeps its listing (parquet, in its scratch folder)."""
+        return storage.join(self.layout.staging(self.run_id), "listing")
 
-    def write_features(self, table: DataFrame, *, append: bool = False) -> DataFrame:
-        """Write ``table`` as the staged features (or add it to them); return the features the run will commit.
+    @property
+    def written(self) -> Dict[str, List[str]]:
+        """The part files this run wrote so far, per table (not committed before :meth:`commit`)."""
+        return {t: list(v) for t, v in self._written.items()}
+
+    def _write(self, table: str, frame: DataFrame) -> List[str]:
+        """Append ``frame`` to the table's folder as new part files (Spark names them uniquely); return their names."""
+        folder, fs = getattr(self.layout, table), self.spark or frame.sparkSession
+        before = set(_part_files(folder, fs))
+        frame.write.mode("append").option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false").parquet(
+            storage.spark_path(folder))  # no _SUCCESS: the manifest is the mark of a complete table
+        new = sorted(set(_part_files(folder, fs)) - before)
+        self._written[table].extend(new)
+        return new
+
+    def _read(self, spark: SparkSession, table: str, names: Iterable[str]) -> DataFrame:
+        return spark.read.parquet(*[storage.spark_path(self.layout.file(table, n)) for n in names])
+
+    def write_features(self, table: DataFrame) -> DataFrame:
+        """Write ``table`` as new part files of the features; return the features the run will commit.
 
         Returns
         -------
         pyspark.sql.DataFrame
-            The staged rows as written (read back), plus, after
-            :meth:`merge_into_committed`, the committed rows that stay.
+            Every part file written by this run, plus, after :meth:`merge_into_committed`,
+            the committed part files that stay.
         """
-        writer = table.write.mode("append") if append else table.write
-        writer.parquet(storage.spark_path(self.staged.features))
+        self._write("features", table)
         return self.staged_features(table.sparkSession)
 
     def merge_into_committed(self, drop: Iterable[str]) -> None:
-        """Commit the staged features *next to* the committed ones instead of replacing them.
+        """Commit the new features *next to* the committed ones instead of replacing them.
 
         For incremental runs: the committed part files named in ``drop``
         (those holding rows of changed, deleted or unread files) leave at the
-        commit, every other committed file stays as it is, and the staged part
-        files join them. The cost of a run is then that of its new rows.
+        commit, every other committed file stays as it is and is named again
+        by the new manifest. The cost of a run is then that of its new rows.
 
         Parameters
         ----------
         drop : iterable of str
-            File names (``part-…``) in ``<output>/features/``.
+            Part file names of the committed ``features`` table.
         """
         self._drop = tuple(sorted(set(drop)))
+        self._keep = tuple(sorted(set(self.previous.features if self.previous else ()) - set(self._drop)))
 
     def staged_features(self, spark: SparkSession) -> DataFrame:
-        """Read the features the run will commit (staged rows, and the committed rows that stay)."""
-        staged = self.staged_only(spark)
-        if self._drop is None:
-            return staged
-        return self._committed_parts(spark, leaving=False).select(*staged.columns).unionByName(staged)
+        """Read the features the run will commit (its new part files, and the committed ones that stay)."""
+        return self._read(spark, "features", [*self._keep, *self._written["features"]])
 
     def leaving_features(self, spark: SparkSession) -> Optional[DataFrame]:
         """Read the committed rows that leave at the commit: those of the part files :meth:`merge_into_committed` drops.
@@ -562,31 +725,45 @@ class ActiveRun:
             None unless the run merges into the committed table (then the
             committed table is ``previous - leaving + staged``).
         """
-        if self._drop is None or not storage.exists(self.layout.features, spark):
+        if self._drop is None or self.previous is None:
             return None
-        return self._committed_parts(spark, leaving=True)
+        if not self._drop:
+            from pyspark.sql import functions as F
 
-    def _committed_parts(self, spark: SparkSession, *, leaving: bool) -> DataFrame:
-        """Read the committed rows of the part files that leave at the commit (or of those that stay)."""
-        from pyspark.sql import functions as F
-
-        dropped = F.col("_metadata.file_name").isin(*self._drop) if self._drop else F.lit(False)
-        return spark.read.parquet(storage.spark_path(self.layout.features)).where(dropped if leaving else ~dropped)
+            return self.staged_only(spark).where(F.lit(False))
+        return self._read(spark, "features", self._drop)
 
     def staged_only(self, spark: SparkSession) -> DataFrame:
-        """Read the rows this run staged (without the committed rows that stay)."""
-        return spark.read.parquet(storage.spark_path(self.staged.features))
+        """Read the rows this run wrote (without the committed rows that stay)."""
+        return self._read(spark, "features", self._written["features"])
 
     def staged_pca(self, spark: SparkSession) -> DataFrame:
-        """Read the staged PCA scores."""
-        return spark.read.parquet(storage.spark_path(self.staged.pca))
+        """Read the PCA scores this run wrote."""
+        return self._read(spark, "pca", self._written["pca"])
 
-    def write_pca(self, scores: DataFrame, model: bytes, moments: Optional[bytes] = None) -> None:
-        """Write the staged PCA scores, the fit that made them and, if given, its moments (committed together)."""
-        scores.write.parquet(storage.spark_path(self.staged.pca))
-        storage.write_bytes(self.staged.pca_model, model, self.spark)
-        if moments is not None:
-            storage.write_bytes(self.staged.pca_moments, moments, self.spark)
+    def write_pca(self, scores: DataFrame, model: bytes, moments: Optional[bytes] = None, *,
+                  expected_rows: Optional[int] = None) -> None:
+        """Write the PCA scores, the fit that made them and, if given, its moments (committed together).
+
+        Raises
+        ------
+        RunCheckError
+            ``expected_rows`` given and the scores hold another number of rows.
+        """
+        spark = scores.sparkSession
+        self._write("pca", scores)
+        for kind, data in (("model", model), ("moments", moments)):
+            if data is not None:
+                name = f"_{kind}-{self.run_id}.npz"
+                storage.write_bytes(self.layout.file("pca", name), data, self.spark or spark)
+                self._fit_files[kind] = name
+        self._rows["pca"] = _rows_per_file(self.staged_pca(spark))
+        if expected_rows is not None and sum(self._rows["pca"].values()) != expected_rows:
+            raise RunCheckError(
+                f"the PCA scores hold {sum(self._rows['pca'].values())} rows for {expected_rows} featurized files. "
+                f"The run stopped before its commit: output={self.layout.root!r} is unchanged. Fix: run again; "
+                "if it happens again, report it with this message."
+            )
 
     def check_rows(self, staged: DataFrame, listing: DataFrame, n_listed: int) -> RowCheck:
         """Check that ``staged`` holds exactly one row per listed file.
@@ -594,7 +771,7 @@ class ActiveRun:
         Parameters
         ----------
         staged : pyspark.sql.DataFrame
-            The staged features (``path``, ``error``).
+            The features the run will commit (``path``, ``error``; read from parquet).
         listing : pyspark.sql.DataFrame
             The run's listing (``path``).
         n_listed : int
@@ -603,6 +780,7 @@ class ActiveRun:
         Returns
         -------
         RowCheck
+            With the rows of each part file (the manifest's ``files``).
 
         Raises
         ------
@@ -619,7 +797,11 @@ class ActiveRun:
             F.when(F.col("_n").isNull(), "no row").when(F.col("_listed").isNull(), "not listed")
             .otherwise(F.concat(F.col("_n").cast("string"), F.lit(" rows"))).alias("what"),
         ).limit(5).collect()
-        by_error = {r["error"]: int(r["count"]) for r in staged.groupBy("error").count().collect()}
+        by_error: Dict[Optional[str], int] = {}
+        files: Dict[str, int] = {}
+        for r in staged.groupBy(F.col("_metadata.file_name").alias("file"), "error").count().collect():
+            by_error[r["error"]] = by_error.get(r["error"], 0) + int(r["count"])
+            files[r["file"]] = files.get(r["file"], 0) + int(r["count"])
         ok = by_error.pop(None, 0)
         rows = ok + sum(by_error.values())
         if bad or rows != n_listed:
@@ -630,10 +812,16 @@ class ActiveRun:
                 f"{shown or 'none shown'}). The run stopped before its commit: output={self.layout.root!r} "
                 "is unchanged. Fix: run again; if it happens again, report it with this message."
             )
-        return RowCheck(n_listed, rows, ok, dict(sorted(by_error.items())))
+        self._rows["features"] = files
+        return RowCheck(n_listed, rows, ok, dict(sorted(by_error.items())), dict(sorted(files.items())))
 
-    def commit(self, manifest: Mapping[str, Any]) -> None:
-        """Swap the staged ``features/`` and ``pca/`` in, then write the manifest last.
+    def commit(self, manifest: Mapping[str, Any]) -> Dict[str, Any]:
+        """Write the manifest naming the new tables' files (the commit), then delete the files it no longer names.
+
+        Returns
+        -------
+        dict
+            The manifest as written (``manifest`` plus its ``files`` entry).
 
         Raises
         ------
@@ -642,30 +830,27 @@ class ActiveRun:
             nothing is committed.
         """
         self._verify_lease()
-        sp, lay, trash = self.spark, self.layout, self.layout.trash(self.run_id)
-        merge = self._drop is not None and storage.exists(lay.features, sp)
-        added = _part_files(self.staged.features, sp) if merge else []
-        # what the commit is about to do, for a run that finds it half done (see _recover)
-        storage.write_bytes(trash.journal, json.dumps({"merge": merge, "added": added,
-                                                      "dropped": list(self._drop or ())}).encode("utf-8"), sp)
-        if storage.exists(lay.manifest, sp):
-            storage.rename(lay.manifest, trash.manifest, sp)
-        if merge:
-            _move_parts(lay.features, trash.features, self._drop or (), sp)
-            _move_parts(self.staged.features, lay.features, added, sp)
-        names = ("pca",) if merge else ("features", "pca")
-        for name in names:
-            final, staged = getattr(lay, name), getattr(self.staged, name)
-            if not storage.exists(staged, sp):
-                continue  # not staged: the committed one stays
-            if storage.exists(final, sp):
-                storage.rename(final, getattr(trash, name), sp)
-            storage.rename(staged, final, sp)
-        storage.write_bytes(lay.manifest, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"), sp)
-        storage.delete(trash.root, sp)
-        storage.delete(self.staged.root, sp)
-        _drop_if_empty(lay.trash_root, sp)
-        _drop_if_empty(lay.staging_root, sp)
+        files = Committed(*(self._rows[t] or {self._written[t][0]: 0} for t in TABLES),
+                          self._fit_files["model"], self._fit_files["moments"])
+        final = {**manifest, "files": files.to_manifest()}
+        storage.write_bytes(self.layout.manifest, json.dumps(final, indent=2, ensure_ascii=False).encode("utf-8"),
+                            self.spark)
+        self._committed = True
+        _vacuum(self.layout, files, self.spark)
+        return final
+
+    def _abandon(self) -> None:
+        """Delete what this run wrote (it did not commit): its part files, fit, Spark's temporary files, scratch."""
+        if self._committed:
+            return
+        for table in TABLES:
+            folder = getattr(self.layout, table)
+            names = [*self._written[table], *(f for f in self._fit_files.values() if f and table == "pca")]
+            for name in [*names, *(f".{n}.crc" for n in names), "_temporary", "_SUCCESS"]:
+                storage.delete(storage.join(folder, name), self.spark)
+            _drop_if_empty(folder, self.spark)
+        storage.delete(self.layout.staging(self.run_id), self.spark)
+        _drop_if_empty(self.layout.staging_root, self.spark)
 
     def _verify_lease(self) -> None:
         holder = LeaseHolder.read(self.layout.lease, self.spark)
@@ -688,43 +873,36 @@ class ActiveRun:
             log.warning("could not release the lease %s: %s", self.layout.lease, exc)
 
 
+def _rows_per_file(frame: DataFrame) -> Dict[str, int]:
+    """Rows of each parquet file of ``frame`` (read from parquet); files without rows are left out."""
+    from pyspark.sql import functions as F
+
+    return {r["file"]: int(r["count"]) for r in
+            frame.groupBy(F.col("_metadata.file_name").alias("file")).count().collect()}
+
+
 def _has_content(lay: RunLayout, spark: Optional[SparkSession]) -> bool:
     """Tell whether the folder holds anything besides the run protocol's own files."""
-    protocol = {LEASE, STAGING, TRASH}
-    return any(name not in protocol for name in storage.list_dir(lay.root, spark))
+    return any(name not in _PROTOCOL for name in storage.list_dir(lay.root, spark))
 
 
-def _recover(lay: RunLayout, gone: LeaseHolder, spark: Optional[SparkSession]) -> None:
-    """Undo what a gone run left: a half-done commit is rolled back; its staging and trash go.
+def _vacuum(lay: RunLayout, keep: Optional[Committed], spark: Optional[SparkSession]) -> None:
+    """Delete every file of the tables' folders that ``keep`` does not name, and every run's scratch folder.
 
-    Staging and trash folders of runs older than the gone one go too (they
-    could only belong to runs gone before it).
+    Called under the lease: after a commit (the previous table's files), and
+    when a run starts (what a gone run wrote before it could commit: part
+    files, Spark's ``_temporary``, a fit). A file's ``.crc`` checksum goes
+    with it.
     """
-    trash = lay.trash(gone.run_id)
-    if not storage.exists(lay.manifest, spark) and storage.exists(trash.manifest, spark):
-        log.warning("run %s died during its commit: restoring the previous output", gone.run_id)
-        journal = json.loads(storage.read_bytes(trash.journal, spark)) if storage.exists(trash.journal, spark) else {}
-        if journal.get("merge"):
-            for name in journal["added"]:
-                for victim in (name, f".{name}.crc"):
-                    storage.delete(storage.join(lay.features, victim), spark)
-            _move_parts(trash.features, lay.features, journal["dropped"], spark)
-        names = ("pca",) if journal.get("merge") else ("features", "pca")
-        for name in names:
-            if storage.exists(getattr(trash, name), spark):
-                storage.delete(getattr(lay, name), spark)
-                storage.rename(getattr(trash, name), getattr(lay, name), spark)
-        storage.rename(trash.manifest, lay.manifest, spark)
-    _remove_leftovers(lay, gone.run_id, spark)
-
-
-def _remove_leftovers(lay: RunLayout, up_to: str, spark: Optional[SparkSession]) -> None:
-    """Delete the staging and trash folders of runs whose id sorts at or before ``up_to``."""
-    for parent in (lay.staging_root, lay.trash_root):
-        for name in storage.list_dir(parent, spark):
-            if name <= up_to:
-                storage.delete(storage.join(parent, name), spark)
-        _drop_if_empty(parent, spark)
+    for table in TABLES:
+        folder = getattr(lay, table)
+        names = set(keep.names(table)) if keep is not None else set()
+        for name in storage.list_dir(folder, spark):
+            base = name[1:-4] if name.startswith(".") and name.endswith(".crc") else name
+            if base not in names:
+                storage.delete(storage.join(folder, name), spark)
+        _drop_if_empty(folder, spark)
+    storage.delete(lay.staging_root, spark)
 
 
 def _part_files(folder: str, spark: Optional[SparkSession]) -> List[str]:
@@ -732,19 +910,28 @@ def _part_files(folder: str, spark: Optional[SparkSession]) -> List[str]:
     return [n for n in storage.list_dir(folder, spark) if n.startswith("part-")]
 
 
-def _move_parts(src: str, dst: str, names: Iterable[str], spark: Optional[SparkSession]) -> None:
-    """Move the part files ``names`` (and their ``.crc`` checksums, where present) from ``src`` to ``dst``."""
-    for name in names:
-        for moved in (name, f".{name}.crc"):
-            source = storage.join(src, moved)
-            if storage.exists(source, spark):
-                storage.rename(source, storage.join(dst, moved), spark)
-
-
 def _drop_if_empty(folder: str, spark: Optional[SparkSession]) -> None:
     """Delete ``folder`` if it exists and holds nothing."""
     if storage.exists(folder, spark) and not storage.list_dir(folder, spark):
         storage.delete(folder, spark)
+
+
+def _previous(lay: RunLayout, mode: str, spark: Optional[SparkSession]) -> Optional[Committed]:
+    """Return the committed files of ``lay``; a damaged manifest is refused, except by ``mode="overwrite"``.
+
+    Raises
+    ------
+    DamagedRunFileError
+        The manifest is damaged and ``mode`` is not ``"overwrite"`` (an
+        incremental run would otherwise drop the rows it cannot name).
+    """
+    try:
+        return committed(lay, spark)
+    except DamagedRunFileError as exc:
+        if mode != "overwrite":
+            raise
+        log.warning("%s: mode='overwrite' replaces it and every file of the folders features/ and pca/", exc)
+        return None
 
 
 @contextmanager
@@ -754,13 +941,13 @@ def open_run(output: str, mode: str, spark: Optional[SparkSession] = None) -> It
     Parameters
     ----------
     output : str
-        The run folder (local path or URI; URIs need ``spark``).
+        The run folder (local path or URI; Hadoop URIs other than S3 need ``spark``).
     mode : str
         ``"error"``: refuse a folder that holds anything (after a gone run's
         leftovers are removed); ``"overwrite"`` / ``"incremental"``: accept it.
     spark : pyspark.sql.SparkSession, optional
-        Needed for non-local outputs. For local ones the lease is taken
-        before any JVM exists.
+        Needed for ``hdfs://``-like outputs. For local and S3 ones the lease
+        is taken before any JVM exists.
 
     Yields
     ------
@@ -772,21 +959,27 @@ def open_run(output: str, mode: str, spark: Optional[SparkSession] = None) -> It
         A live run holds the folder (before anything is written).
     OutputExistsError
         ``mode="error"`` and the folder is not empty.
+    DamagedRunFileError
+        The folder's manifest is damaged (except with ``mode="overwrite"``).
     """
     lay = layout(output)
-    if not storage.is_local(lay.root) and spark is None:
-        raise ParameterError(f"output={output!r} is a URI. Fix: pass the SparkSession (spark=...).")
     created_root = not storage.exists(lay.root, spark)
     run_id = _run_id()
     mine = LeaseHolder.for_this_process(run_id)
     replaced = _take_lease(lay, mine, spark)
-    run = ActiveRun(lay, run_id, lay.staging(run_id), spark, _now(), replaced, None, mine, None)
+    run = ActiveRun(lay, run_id, spark, _now(), replaced, _mine=mine)
     ok = False
     try:
-        if replaced is not None:
-            _recover(lay, replaced, spark)
-        else:
-            _remove_leftovers(lay, run_id, spark)  # folders of runs that died without a lease (older versions)
+        trash = storage.join(lay.root, "_trash")  # p8utils < 0.2 moved the previous output there during a commit
+        if storage.exists(trash, spark) and not storage.exists(lay.manifest, spark):
+            raise DamagedRunFileError(
+                f"{lay.root!r} holds a commit that an older p8utils left half done (_trash/, no {MANIFEST}). "
+                f"Fix: move {storage.join(lay.root, '_trash', '<run id>', '*')} back into the folder, or delete the "
+                "folder and run again."
+            )
+        storage.delete(trash, spark)  # with a manifest there, that commit had finished or not begun
+        run.previous = _previous(lay, mode, spark)
+        _vacuum(lay, run.previous, spark)  # what runs that died before their commit wrote
         if mode == "error" and _has_content(lay, spark):
             raise OutputExistsError(
                 f"output={output!r} already exists and is not empty (mode='error', the safe default). "
@@ -799,8 +992,7 @@ def open_run(output: str, mode: str, spark: Optional[SparkSession] = None) -> It
         ok = True
     finally:
         if not ok:
-            storage.delete(run.staged.root, spark)
-            _drop_if_empty(lay.staging_root, spark)
+            run._abandon()
         run._release()
         if created_root and not storage.list_dir(lay.root, spark):
             storage.delete(lay.root, spark)  # a run that wrote nothing leaves no trace

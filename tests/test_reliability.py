@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -199,10 +200,17 @@ def _copy_sample(sample_dir: Path, dest: Path, files) -> None:
         shutil.copy2(f, dest / f.parent.name / f.name)
 
 
+def _committed_table(out: Path, table: str) -> pd.DataFrame:
+    """The committed table as a reader following the manifest sees it (what ``runs.read_features`` reads)."""
+    from p8utils import runs
+
+    names = sorted(getattr(runs.committed(str(out)), table))
+    return pd.concat([pd.read_parquet(out / table / n) for n in names]).sort_values("path").reset_index(drop=True)
+
+
 def _snapshot(out: Path) -> dict:
-    feats = pd.read_parquet(out / "features").sort_values("path").reset_index(drop=True)
-    pca = pd.read_parquet(out / "pca").sort_values("path").reset_index(drop=True)
-    return {"manifest": (out / "manifest.json").read_bytes(), "features": feats, "pca": pca}
+    return {"manifest": (out / "manifest.json").read_bytes(), "features": _committed_table(out, "features"),
+            "pca": _committed_table(out, "pca")}
 
 
 def test_overwrite_twice_gives_identical_output(spark, sample_dir, tmp_path):
@@ -378,7 +386,12 @@ def _rows(out: Path) -> pd.DataFrame:
 
 
 def _assert_manifest_matches_data(out: Path) -> dict:
+    """The manifest's counts are the data's, and the folders hold exactly the files it names (a plain read agrees)."""
     m = json.loads((out / "manifest.json").read_text())
+    for table in ("features", "pca"):
+        named = {f["name"]: f["rows"] for f in m["files"][table]}
+        assert {p.name for p in (out / table).glob("part-*")} == set(named)
+        assert all(len(pd.read_parquet(out / table / n)) == rows for n, rows in named.items())
     feats = pd.read_parquet(out / "features")
     assert feats.path.is_unique and len(feats) == m["counts"]["total"]
     assert int(feats.error.isna().sum()) == m["counts"]["ok"]
@@ -531,10 +544,13 @@ def test_a_row_lost_between_write_and_commit_is_caught(spark, sample_dir, tmp_pa
     before = _snapshot(out)
     original = runs.ActiveRun.write_features
 
-    def lossy(self, table, *, append=False):
-        original(self, table, append=append)
-        victim = sorted(Path(self.staged.features).glob("part-*.parquet"))[0]
-        victim.unlink()  # e.g. a storage layer that lost an object
+    def lossy(self, table):
+        original(self, table)
+        victim = Path(self.layout.features) / self.written["features"][0]
+        data = pq.read_table(victim)
+        victim.unlink()  # e.g. a storage layer that lost a row of an object
+        (victim.parent / f".{victim.name}.crc").unlink(missing_ok=True)
+        pq.write_table(data.slice(1), victim)
         return self.staged_features(table.sparkSession)
 
     monkeypatch.setattr(runs.ActiveRun, "write_features", lossy)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from p8utils import runs
-from p8utils.errors import OutputBusyError, OutputExistsError, ParameterError, RunCheckError
+from p8utils.errors import DamagedRunFileError, OutputBusyError, OutputExistsError, ParameterError, RunCheckError
 
 
 def _dead_pid() -> int:
@@ -36,12 +36,18 @@ def _fake_lease(out: Path, run_id: str, *, host: str | None = None, pid: int | N
     return holder
 
 
-def _complete_output(out: Path, tag: str) -> None:
-    """A minimal committed run: features/, pca/, manifest.json, each holding ``tag``."""
+def _complete_output(out: Path, tag: str, *, legacy: bool = False) -> None:
+    """A minimal committed run: features/, pca/, manifest.json naming them, each holding ``tag``.
+
+    ``legacy``: a manifest of p8utils < 0.2, which names no files (its folders are the tables).
+    """
     for name in ("features", "pca"):
         (out / name).mkdir(parents=True, exist_ok=True)
         (out / name / "part-0.parquet").write_text(f"{name} {tag}")
-    (out / "manifest.json").write_text(json.dumps({"status": "complete", "tag": tag}))
+    files = {"features": [{"name": "part-0.parquet", "rows": 1}], "pca": [{"name": "part-0.parquet", "rows": 1}],
+             "pca_model": None, "pca_moments": None}
+    (out / "manifest.json").write_text(json.dumps({"status": "complete", "tag": tag,
+                                                   **({} if legacy else {"files": files})}))
 
 
 # --------------------------------------------------------------------------- layout
@@ -50,8 +56,8 @@ def _complete_output(out: Path, tag: str) -> None:
 def test_layout_names_every_place(tmp_path):
     lay = runs.layout(str(tmp_path / "r"))
     assert lay.features == str(tmp_path / "r" / "features") and lay.manifest == str(tmp_path / "r" / "manifest.json")
-    assert lay.staging("x").features == str(tmp_path / "r" / "_staging" / "x" / "features")
-    assert lay.trash("x").manifest == str(tmp_path / "r" / "_trash" / "x" / "manifest.json")
+    assert lay.staging("x") == str(tmp_path / "r" / "_staging" / "x")
+    assert lay.file("pca", "_model-x.npz") == str(tmp_path / "r" / "pca" / "_model-x.npz")
     s3 = runs.layout("s3://b/runs/r1/")
     assert (s3.root, s3.pca, s3.lease) == ("s3://b/runs/r1", "s3://b/runs/r1/pca", "s3://b/runs/r1/_lease.json")
 
@@ -103,18 +109,28 @@ def test_refused_by_mode_error_releases_the_lease(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["features", "manifest.json", "pca"]
 
 
-def test_gone_holder_on_this_host_is_taken_over_and_only_its_leftovers_go(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True])
+def test_gone_holder_on_this_host_is_taken_over_and_only_its_leftovers_go(tmp_path, legacy):
     out = tmp_path / "out"
-    _complete_output(out, "previous")
+    _complete_output(out, "previous", legacy=legacy)
+    manifest = (out / "manifest.json").read_text()
     gone = _fake_lease(out, "20260101T000000-deadbeef")
     for run_id in ("20251231T000000-00000000", gone.run_id):  # an older dead run's leftovers, the holder's own
-        (out / "_staging" / run_id / "features").mkdir(parents=True)
-        (out / "_trash" / run_id).mkdir(parents=True)
+        (out / "_staging" / run_id / "listing").mkdir(parents=True)
+    (out / "_trash" / "20251230T000000-00000000").mkdir(parents=True)  # an older p8utils's finished commit
+    if not legacy:  # what the gone run wrote before its commit: part files, Spark's temporary files, a fit
+        (out / "features" / "part-1-dead.parquet").write_text("uncommitted")
+        (out / "features" / ".part-1-dead.parquet.crc").write_text("uncommitted")
+        (out / "features" / "_temporary" / "0").mkdir(parents=True)
+        (out / "pca" / f"_model-{gone.run_id}.npz").write_text("uncommitted")
     with runs.open_run(str(out), "overwrite") as active:
         assert active.replaced is not None and active.replaced.run_id == gone.run_id
         assert not (out / "_staging").exists() and not (out / "_trash").exists()
         assert json.loads((out / "_lease.json").read_text())["run_id"] == active.run_id
-    assert (out / "manifest.json").read_text() == json.dumps({"status": "complete", "tag": "previous"})
+        for table in ("features", "pca"):
+            assert sorted(p.name for p in (out / table).iterdir()) == ["part-0.parquet"]
+        assert sorted(active.previous.features) == ["part-0.parquet"]
+    assert (out / "manifest.json").read_text() == manifest
     assert not (out / "_lease.json").exists(), "released"
 
 
@@ -173,41 +189,52 @@ def test_the_lease_is_refreshed_and_a_lost_lease_blocks_the_commit(tmp_path, mon
             assert json.loads((out / "_lease.json").read_text())["refreshed_at"] > first
             (out / "_lease.json").unlink()  # someone broke the lease by hand
             time.sleep(0.4)
-            (out / "_staging" / active.run_id / "features").mkdir(parents=True)
-            (out / "_staging" / active.run_id / "pca").mkdir(parents=True)
             active.commit({"status": "complete"})
     assert not (out / "manifest.json").exists() and not (out / "features").exists()
 
 
-def test_half_done_commit_of_a_gone_run_is_rolled_back(tmp_path):
+def test_half_done_commit_of_an_older_p8utils_is_refused_not_dropped(tmp_path):
+    """p8utils < 0.2 moved the previous manifest and folders into _trash/ during a commit: never vacuum them."""
     out = tmp_path / "out"
-    _complete_output(out, "previous")
+    _complete_output(out, "previous", legacy=True)
     gone = _fake_lease(out, "20260101T000000-0000dddd")
     trash = out / "_trash" / gone.run_id
     trash.mkdir(parents=True)
-    # the gone run had moved the old manifest and features aside and its own features in, then died
     (out / "manifest.json").rename(trash / "manifest.json")
     (out / "features").rename(trash / "features")
-    (out / "features").mkdir()
-    (out / "features" / "part-0.parquet").write_text("features of the dead run")
-    with runs.open_run(str(out), "incremental"):
-        assert (out / "manifest.json").read_text() == json.dumps({"status": "complete", "tag": "previous"})
-        assert (out / "features" / "part-0.parquet").read_text() == "features previous"
-        assert (out / "pca" / "part-0.parquet").read_text() == "pca previous"
-        assert not (out / "_trash").exists()
+    with pytest.raises(DamagedRunFileError, match="half done") as info:
+        with runs.open_run(str(out), "incremental"):
+            pytest.fail("entered")
+    assert "_trash" in str(info.value)
+    assert (trash / "features" / "part-0.parquet").read_text() == "features previous"
+    assert (out / "pca" / "part-0.parquet").read_text() == "pca previous"
 
 
-def test_commit_swaps_in_and_writes_the_manifest_last(tmp_path):
+@pytest.mark.parametrize("mode", ["error", "incremental", "overwrite"])
+def test_a_damaged_manifest_is_named_and_never_drops_rows(tmp_path, mode):
     out = tmp_path / "out"
     _complete_output(out, "previous")
-    with runs.open_run(str(out), "overwrite") as active:
-        for name in ("features", "pca"):
-            (Path(active.staged.root) / name).mkdir(parents=True)
-            (Path(active.staged.root) / name / "part-0.parquet").write_text(f"{name} new")
-        active.commit({"status": "complete", "tag": "new"})
-    assert sorted(p.name for p in out.iterdir()) == ["features", "manifest.json", "pca"]
-    assert json.loads((out / "manifest.json").read_text())["tag"] == "new"
-    assert (out / "features" / "part-0.parquet").read_text() == "features new"
+    (out / "manifest.json").write_text('{"status": "complete", "files": {"feat')  # truncated
+    if mode == "overwrite":  # replaces it: the files of the damaged run go, like any previous table
+        with runs.open_run(str(out), mode) as active:
+            assert active.previous is None and not (out / "features").exists()
+        return
+    with pytest.raises(DamagedRunFileError, match="manifest.json is damaged") as info:
+        with runs.open_run(str(out), mode):
+            pytest.fail("entered")
+    assert "mode='overwrite'" in str(info.value)
+    assert (out / "features" / "part-0.parquet").read_text() == "features previous"
+    assert not (out / "_lease.json").exists()
+
+
+def test_a_damaged_lease_is_named_with_the_fix(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_lease.json").write_text("{not json")
+    with pytest.raises(DamagedRunFileError, match="_lease.json is damaged") as info:
+        with runs.open_run(str(out), "overwrite"):
+            pytest.fail("entered")
+    assert "delete it" in str(info.value)
 
 
 def test_a_failed_run_removes_its_staging_and_keeps_the_previous_output(tmp_path):
@@ -215,7 +242,9 @@ def test_a_failed_run_removes_its_staging_and_keeps_the_previous_output(tmp_path
     _complete_output(out, "previous")
     with pytest.raises(RuntimeError, match="boom"):
         with runs.open_run(str(out), "overwrite") as active:
-            (Path(active.staged.root) / "features").mkdir(parents=True)
+            (Path(active.layout.staging(active.run_id)) / "listing").mkdir(parents=True)
+            (out / "features" / "part-9-mine.parquet").write_text("not committed")
+            active._written["features"].append("part-9-mine.parquet")
             raise RuntimeError("boom")
     assert sorted(p.name for p in out.iterdir()) == ["features", "manifest.json", "pca"]
 
@@ -223,10 +252,11 @@ def test_a_failed_run_removes_its_staging_and_keeps_the_previous_output(tmp_path
 # --------------------------------------------------------------------------- row check (Spark)
 
 
-def _frames(spark, listed, staged):
+def _frames(spark, listed, staged, folder):
+    """The listing, and the staged rows as the run reads them: from parquet (the check counts rows per file)."""
     listing = spark.createDataFrame([(p,) for p in listed], "path string")
-    table = spark.createDataFrame(staged, "path string, error string")
-    return listing, table
+    spark.createDataFrame(staged, "path string, error string").coalesce(1).write.parquet(str(folder))
+    return listing, spark.read.parquet(str(folder))
 
 
 @pytest.mark.parametrize("staged,problem", [
@@ -235,7 +265,7 @@ def _frames(spark, listed, staged):
     ([("a", None), ("b", None), ("c", None), ("x", None)], "x: not listed"),
 ])
 def test_row_check_names_the_difference(spark, tmp_path, staged, problem):
-    listing, table = _frames(spark, ["a", "b", "c"], staged)
+    listing, table = _frames(spark, ["a", "b", "c"], staged, tmp_path / "staged")
     with runs.open_run(str(tmp_path / "o"), "overwrite") as active:
         with pytest.raises(RunCheckError) as info:
             active.check_rows(table, listing, 3)
@@ -243,8 +273,100 @@ def test_row_check_names_the_difference(spark, tmp_path, staged, problem):
 
 
 def test_row_check_counts_are_the_manifest_counts(spark, tmp_path):
-    listing, table = _frames(spark, ["a", "b", "c", "d"], [("a", None), ("b", "empty"), ("c", None), ("d", "missing")])
+    listing, table = _frames(spark, ["a", "b", "c", "d"], [("a", None), ("b", "empty"), ("c", None), ("d", "missing")],
+                             tmp_path / "staged")
     with runs.open_run(str(tmp_path / "o"), "overwrite") as active:
         got = active.check_rows(table, listing, 4)
     assert (got.listed, got.rows, got.ok, got.failed) == (4, 4, 2, 2)
     assert got.failed_by_reason == {"empty": 1, "missing": 1}
+    assert list(got.files.values()) == [4] and next(iter(got.files)).startswith("part-")
+
+
+# --------------------------------------------------------------------------- commit: the manifest names the files
+
+
+def _commit_tiny_run(spark, out: str, tag: str, n: int = 6, mode: str = "overwrite") -> dict:
+    """A run of ``n`` rows labelled ``tag`` through the protocol: write, check, PCA, commit; its manifest."""
+    rows = [(f"{tag}/{i}.jpg", tag, None) for i in range(n)]
+    table = spark.createDataFrame(rows, "path string, label string, error string").repartition(2)
+    with runs.open_run(out, mode) as active:
+        staged = active.write_features(table)
+        check = active.check_rows(staged, staged.select("path"), n)
+        active.write_pca(staged.select("path", "label"), b"model " + tag.encode(), b"moments", expected_rows=check.ok)
+        return active.commit({"status": "complete", "tag": tag})
+
+
+def _tags(spark, out: str) -> set:
+    return {r["label"] for r in runs.read_features(out, spark).select("label").distinct().collect()}
+
+
+def test_commit_names_the_files_and_deletes_what_it_no_longer_names(spark, tmp_path):
+    out = str(tmp_path / "out")
+    first = _commit_tiny_run(spark, out, "old")
+    second = _commit_tiny_run(spark, out, "new", n=5)
+    assert second["tag"] == "new" and _tags(spark, out) == {"new"}
+    named = {t: {f["name"] for f in second["files"][t]} for t in ("features", "pca")}
+    assert sum(f["rows"] for f in second["files"]["features"]) == 5 == runs.read_pca(out, spark).count()
+    assert {p.name for p in (tmp_path / "out" / "features").glob("part-*")} == named["features"]
+    assert not named["features"] & {f["name"] for f in first["files"]["features"]}, "a name reused"
+    assert {p.name for p in (tmp_path / "out" / "pca").iterdir() if not p.name.startswith(".")} == named["pca"] | {
+        second["files"]["pca_model"], second["files"]["pca_moments"]}
+    assert runs.read_pca_file(out, "model")[1] == b"model new"
+    assert spark.read.parquet(out + "/features").count() == 5, "a plain read equals the committed table"
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2, 5, 9, 14, 99])  # 99: past the last of the commit's ~16 calls
+def test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table(spark, tmp_path, monkeypatch, fail_at):
+    """Kill the commit before each of its storage writes and deletes: a reader sees one whole table."""
+    from p8utils import storage
+
+    out = str(tmp_path / "out")
+    _commit_tiny_run(spark, out, "old")
+    calls = {"n": 0}
+
+    class Killed(BaseException):
+        pass
+
+    def dying(real):
+        def call(*args, **kwargs):
+            if calls["armed"]:
+                calls["n"] += 1
+                if calls["n"] > fail_at:
+                    raise Killed()
+            return real(*args, **kwargs)
+        return call
+
+    calls["armed"] = False
+    for name in ("write_bytes", "delete"):
+        monkeypatch.setattr(storage, name, dying(getattr(storage, name)))
+    original_commit = runs.ActiveRun.commit
+
+    def armed_commit(self, manifest):
+        calls["armed"] = True
+        return original_commit(self, manifest)
+
+    monkeypatch.setattr(runs.ActiveRun, "commit", armed_commit)
+    monkeypatch.setattr(runs.ActiveRun, "_abandon", lambda self: None)  # a killed process cleans nothing
+    monkeypatch.setattr(runs.ActiveRun, "_release", lambda self: self._refresher and self._refresher.stop())
+    try:
+        _commit_tiny_run(spark, out, "new", n=5)
+        finished = True
+    except Killed:
+        finished = False
+    calls["armed"] = False
+    monkeypatch.undo()
+    tags = _tags(spark, out)
+    assert tags in ({"old"}, {"new"}), tags
+    assert runs.read_features(out, spark).count() == (6 if tags == {"old"} else 5)
+    assert finished == (fail_at == 99) and tags == ({"old"} if fail_at == 0 else {"new"})
+    if finished:
+        return
+    # the next run takes the dead run's lease over and deletes what no manifest names
+    lease = Path(out) / "_lease.json"
+    lease.write_bytes(runs.LeaseHolder(**{**json.loads(lease.read_text()), "pid": _dead_pid(),
+                                          "pid_start": None}).to_bytes())
+    third = _commit_tiny_run(spark, out, "third", n=4)
+    assert _tags(spark, out) == {"third"}
+    named = {f["name"] for f in third["files"]["features"]}
+    assert {p.name for p in (Path(out) / "features").glob("part-*")} == named
+    assert sorted(p.name for p in Path(out).iterdir()) == ["features", "manifest.json", "pca"]

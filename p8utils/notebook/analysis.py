@@ -157,7 +157,7 @@ def analyse_run(
     layout = run if isinstance(run, runs.RunLayout) else runs.find_run(run, spark)
     out = output or layout.analysis
     extreme_images = int(check_int("extreme_images", extreme_images, 0, example=5))
-    features = spark.read.parquet(storage.spark_path(layout.features))
+    features = runs.read_features(layout, spark)
     if probe:  # every component for the probe; the plots use the first ones of the same fit
         full = pca.fit_pca(features, variance=1.0)
         fit = replace(full, k=_PLOTTED_COMPONENTS, variance_target=None,

@@ -37,7 +37,6 @@ import base64
 import html
 import io
 import itertools
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -462,9 +461,9 @@ def explorer_html(
 def _scores_of_run(run: runs.RunLayout, spark: SparkSession, max_points: int, seed: int,
                    ) -> Tuple[ScoreSample, Optional[np.ndarray]]:
     """Collect a bounded sample of a run's ``pca/`` scores; read its explained variance from the manifest."""
-    sample = collect_scores(spark.read.parquet(storage.spark_path(run.pca)), max_points, seed=seed)
+    sample = collect_scores(runs.read_pca(run, spark), max_points, seed=seed)
     try:
-        manifest = json.loads(storage.read_bytes(run.manifest, spark).decode("utf-8"))
+        manifest = runs.read_manifest(run, spark)
         explained = np.asarray(manifest["pca"]["explained_variance"], dtype=np.float64)
     except Exception:  # noqa: BLE001 - the axis labels then show no percentage
         explained = None
