@@ -22,17 +22,23 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-from p8utils.errors import OutputBusyError, P8UtilsError, RunCheckError
+from p8utils.errors import Interrupted, OutputBusyError, P8UtilsError, RunCheckError, describe_failure, failure_text
 
 __all__ = ["build_parser", "main"]
 
-#: Exit codes: a wrong parameter or path, a folder held by another run, a run that failed its row check.
-EXIT_PARAMETER, EXIT_BUSY, EXIT_FAILED = 2, 3, 1
+log = logging.getLogger(__name__)
+
+#: Exit codes: a wrong parameter or path (a damaged run file among them), a folder held by another run, a run that
+#: failed (its row check, a Spark job, the storage); 128 + the signal for SIGINT (130) and SIGTERM (143).
+EXIT_PARAMETER, EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED = 2, 3, 1, 128
 
 
 def _comma_list(text: str) -> Tuple[str, ...]:
@@ -84,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m p8utils",
         description="Fruits! image pipeline: images -> CNN features -> PCA, on Spark.",
-        epilog=f"Exit codes: 0 done, {EXIT_PARAMETER} a wrong parameter or path (nothing started), {EXIT_BUSY} "
+        epilog=f"Exit codes: 0 done, {EXIT_PARAMETER} a wrong parameter or path, or a damaged run file (nothing "
+               f"changed), {EXIT_BUSY} "
                f"the output is held by another run (nothing written), {EXIT_FAILED} a run that stopped before "
-               "its commit (the previous output is untouched).",
+               "its commit: a Spark job or the storage failed (the previous output is untouched), "
+               f"{EXIT_INTERRUPTED + 2} / {EXIT_INTERRUPTED + 15} interrupted by SIGINT (Ctrl-C) / SIGTERM (this "
+               "run's files removed, the lease released, nothing committed).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,7 +207,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """Run the pipeline (or a projection): parameters, one progress bar over the featurization, warnings, summary.
 
     Everything else (Spark's log, TensorFlow's messages) goes to a log file,
-    copied into ``<output>/logs/`` at the end, unless ``--verbose``.
+    copied into ``<output>/logs/`` at the end, unless ``--verbose``. A failure
+    or an interruption ends with a few lines and an exit code (see
+    :func:`_failure`); its stack trace goes to that log file.
     """
     from p8utils import runs, storage
     from p8utils.config import RunConfig
@@ -207,16 +218,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     names = [n for n in RunConfig.names() if n in vars(args)]
     given = {n: getattr(args, n) for n in names}
-    config = RunConfig.from_mapping(given) if args.command == "run" else None
     fd, log_file = tempfile.mkstemp(prefix="p8utils-run-", suffix=".log")
     os.close(fd)
     log_uri: Optional[str] = None
+    state = _RunState(args.output)
+    signals = _Signals()
+    signals.install()
 
     def progress(stage: str, spark: Any) -> Any:
+        signals.install()  # again: creating the SparkContext replaced the SIGINT handler with PySpark's
+        state.snapshot(spark)
         return spark_progress(spark, "featurize", file=console) if stage == "featurize" else nullcontext()
 
     try:
         with _quiet(log_file, args.verbose) as console:
+            config = RunConfig.from_mapping(given) if args.command == "run" else None
+            paths = (config.input, config.output) if config is not None else (args.run, args.input, args.output)
+            if not all(storage.is_local(p) for p in paths):  # the pipeline's first step: a session for the URIs
+                from p8utils.spark import get_spark
+
+                get_spark(given.get("master"))
+                signals.install()  # before the lease and the checks, not only from the first stage on
             if config is not None:
                 for line in _header(config):
                     print(line, file=console)
@@ -225,6 +247,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"p8utils project: {args.input} on the run {args.run} -> {args.output}", file=console)
                 others = {k: v for k, v in given.items() if k not in ("input", "output")}
                 result = project(args.run, args.input, args.output, progress=progress, **others)
+            state.result = result
             page = _explorer(result.output) if args.explorer else None
             if not args.verbose:
                 log_uri = storage.join(runs.layout(result.output).root, "logs",
@@ -235,13 +258,232 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.explorer:
                 print(f"p8utils: explorer -> {page}" if page and not page.startswith("(") else
                       f"p8utils: no explorer.html {page}", file=console)
-    except BaseException:
-        if not args.verbose:
-            print(f"p8utils: log: {log_file}", file=sys.stderr)
-        raise
-    else:
-        os.unlink(log_file)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure ends in words and an exit code
+        return _failure(exc, state, None if args.verbose else log_file)
+    finally:
+        signals.restore()
+    os.unlink(log_file)
     return 0
+
+
+class _Signals:
+    """Turn the first SIGINT or SIGTERM into :class:`~p8utils.errors.Interrupted` in the main thread.
+
+    The handler first cancels the Spark jobs and waits a few seconds for their
+    tasks to stop (from another thread: Py4J's connection of the main thread
+    is busy with the call the signal interrupted), so that the run's cleanup
+    (``runs.open_run``'s ``finally``) does not race with tasks still writing.
+    A second signal ends the process at once (the default action): a run
+    that died that way leaves its lease, which the next run takes over.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._previous: Dict[int, Any] = {}
+        self.received: Optional[int] = None
+
+    def install(self) -> None:
+        """Install the handler (again, if something replaced it), unless a signal was received already."""
+        if self.received is not None or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            current = signal.getsignal(signum)
+            if current != self._handle:
+                signal.signal(signum, self._handle)
+                self._previous.setdefault(signum, current)
+
+    def restore(self) -> None:
+        """Put back the handlers found by the first :meth:`install`, unless a signal was received.
+
+        After a signal the default actions stay: a second Ctrl-C while the
+        process ends (Spark's shutdown) ends it at once.
+        """
+        if self.received is not None or threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        for other in self.SIGNALS:
+            signal.signal(other, signal.SIG_DFL)
+        _stop_spark_jobs()
+        raise Interrupted(signum)
+
+
+def _stop_spark_jobs(wait_s: float = 10.0) -> None:
+    """Cancel every Spark job of this process and wait up to ``wait_s`` for their tasks to end.
+
+    Runs in a thread of its own (its own Py4J connection). Nothing happens
+    without a SparkContext.
+    """
+    if "pyspark" not in sys.modules:
+        return
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return
+
+    def stop() -> None:
+        try:
+            sc.cancelAllJobs()
+            deadline = time.monotonic() + wait_s
+            while _running_tasks(sc):
+                if time.monotonic() > deadline:
+                    log.warning("Spark tasks still running %.0f s after the jobs were cancelled", wait_s)
+                    return
+                time.sleep(0.1)
+        except Exception as exc:  # noqa: BLE001 - a context being stopped: nothing left to cancel
+            log.warning("could not cancel the Spark jobs: %s", exc)
+
+    thread = threading.Thread(target=stop, name="p8utils-cancel-jobs", daemon=True)
+    thread.start()
+    thread.join(wait_s + 5.0)
+
+
+def _running_tasks(sc: Any) -> int:
+    """Count the tasks still running (killed tasks run until their cleanup ends).
+
+    In local mode, the executor's thread pool (exact); elsewhere the active
+    jobs plus the status store's running tasks per executor (updated by
+    Spark's listener, so it may lag behind).
+    """
+    if sc.master.startswith("local"):
+        source = sc._jvm.org.apache.spark.executor.Executor.executorSourceLocalModeOnly()
+        if source is not None:
+            return int(source.metricRegistry().getGauges().get("threadpool.activeTasks").getValue())
+    tracker = sc._jsc.sc().statusTracker()
+    return len(tracker.getActiveJobIds()) + sum(e.numRunningTasks() for e in tracker.getExecutorInfos())
+
+
+class _RunState:
+    """What the command line knows of a run's commit, to say afterwards whether it happened.
+
+    :meth:`snapshot` reads the output's manifest when the run's first stage
+    begins (the run holds the output's lease by then, so only this run can
+    commit it); a manifest that differs afterwards is this run's commit.
+    """
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.result: Any = None
+        self._spark: Any = None
+        self._before: Optional[bytes] = None
+        self._taken = False
+
+    def _manifest(self) -> Optional[bytes]:
+        from p8utils import runs, storage
+
+        uri = runs.layout(self.output).manifest
+        return storage.read_bytes(uri, self._spark) if storage.exists(uri, self._spark) else None
+
+    def snapshot(self, spark: Any) -> None:
+        """Read the manifest once, at the first stage."""
+        if self._taken:
+            return
+        self._spark = spark
+        try:
+            self._before = self._manifest()
+            self._taken = True
+        except Exception as exc:  # noqa: BLE001 - unreadable now: the commit cannot be told afterwards
+            log.warning("could not read the manifest of %s: %s", self.output, exc)
+
+    def commit(self) -> Tuple[Optional[bool], Optional[str]]:
+        """Return (committed, run id): (False, None) before any stage, (None, None) when it cannot be told."""
+        if self.result is not None:
+            return True, self.result.manifest.get("run_id")
+        if not self._taken:
+            return False, None
+        try:
+            after = self._manifest()
+        except Exception as exc:  # noqa: BLE001 - say that it cannot be told
+            log.warning("could not read the manifest of %s: %s", self.output, exc)
+            return None, None
+        if after is None or after == self._before:
+            return False, None
+        try:
+            return True, json.loads(after.decode("utf-8")).get("run_id")
+        except ValueError:
+            return True, None
+
+
+def _failure(exc: BaseException, state: _RunState, log_file: Optional[str]) -> int:
+    """Report why a run stopped, in a few lines on stderr; put the stack trace into ``log_file``.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What ended the run.
+    state : _RunState
+        Tells whether the run was committed.
+    log_file : str or None
+        The run's log file; None with ``--verbose`` (the stack trace then goes
+        to stderr, except for interruptions and parameter errors).
+
+    Returns
+    -------
+    int
+        The exit code: :data:`EXIT_INTERRUPTED` + the signal (130, 143),
+        :data:`EXIT_BUSY`, :data:`EXIT_PARAMETER` (:class:`P8UtilsError`,
+        :class:`~p8utils.errors.DamagedRunFileError` among them) or
+        :data:`EXIT_FAILED`.
+    """
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    logged = False
+    if log_file is not None and (not isinstance(exc, P8UtilsError) or os.path.getsize(log_file)):
+        with open(log_file, "a", encoding="utf-8", errors="replace") as fh:
+            fh.write("\n" + trace)
+        logged = True
+    elif log_file is not None:
+        os.unlink(log_file)  # a parameter refused before anything ran: nothing to read there
+    where = f" (log: {log_file})" if logged else ""
+    if isinstance(exc, KeyboardInterrupt):
+        signum = getattr(exc, "signum", signal.SIGINT)
+        committed, run_id = state.commit()
+        if committed:
+            what = f"interrupted after the commit: the run {run_id or ''} is committed in {state.output}"
+        elif committed is None:
+            what = f"interrupted: whether the run was committed could not be told; check {state.output}/manifest.json"
+        else:
+            what = "interrupted: nothing was committed, the output is unchanged"
+        print(f"p8utils: {what}{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED + signum
+    if isinstance(exc, OutputBusyError):
+        print(f"p8utils: busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    if isinstance(exc, RunCheckError):
+        lines, code = [f"failed: {exc}"], EXIT_FAILED
+    elif isinstance(exc, P8UtilsError):
+        lines, code = [f"error: {exc}"], EXIT_PARAMETER
+    else:
+        described = describe_failure(exc, state.output)
+        lines = [f"failed: {ln}" if i == 0 else f"  {ln}" for i, ln in
+                 enumerate((described or _last_cause(exc)).splitlines())]
+        committed, run_id = state.commit()
+        lines.append(f"the run {run_id or ''} was committed in {state.output} before the failure" if committed else
+                     "nothing was committed, the output is unchanged" if committed is False else
+                     f"whether the run was committed could not be told; check {state.output}/manifest.json")
+        code = EXIT_FAILED
+        if log_file is None:
+            print(trace, file=sys.stderr, end="")
+    if logged:
+        lines.append(f"log: {log_file} (the stack trace)")
+    for line in lines:
+        print(f"p8utils: {line}", file=sys.stderr)
+    return code
+
+
+def _last_cause(exc: BaseException) -> str:
+    """Return the innermost ``Caused by:`` of a Java stack trace, else the first line of the exception."""
+    text = failure_text(exc)
+    causes = [ln.split("Caused by: ", 1)[1] for ln in text.splitlines() if ln.startswith("Caused by: ")]
+    first = causes[-1] if causes else next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return first[:300]
 
 
 def _explorer(output: str) -> str:

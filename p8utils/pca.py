@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
-from p8utils.errors import ParameterError
+from p8utils.errors import DamagedRunFileError, ParameterError
 from p8utils.spark import skip_unchanged_zip_rescans
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -130,11 +130,21 @@ class Moments:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Moments:
-        """Read moments written by :meth:`to_bytes`."""
-        import io
+        """Read moments written by :meth:`to_bytes`.
 
-        z = np.load(io.BytesIO(data))
-        return cls(int(z["n"]), np.asarray(z["mean"], dtype=np.float64), np.asarray(z["scatter"], dtype=np.float64))
+        Raises
+        ------
+        DamagedRunFileError
+            ``data`` is not what :meth:`to_bytes` writes (truncated, another
+            file, arrays missing or of the wrong shape); the message says what
+            is wrong, not which file (the caller knows it).
+        """
+        z = _load_npz(data, ("n", "mean", "scatter"))
+        n, mean, scatter = _scalar(z, "n", int), z["mean"], z["scatter"]
+        if mean.ndim != 1 or scatter.shape != (mean.shape[0], mean.shape[0]) or n < 0:
+            raise DamagedRunFileError(f"PCA moments of inconsistent shapes: n={n}, mean {mean.shape}, "
+                                      f"scatter {scatter.shape}")
+        return cls(n, mean, scatter)
 
 
 @dataclass(frozen=True)
@@ -189,15 +199,56 @@ class PCAResult:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PCAResult:
-        """Read a fit written by :meth:`to_bytes`."""
-        import io
+        """Read a fit written by :meth:`to_bytes`.
 
-        z = np.load(io.BytesIO(data))
-        target = float(z["variance_target"])
-        explained = np.asarray(z["explained_variance"], dtype=np.float64)
-        return cls(int(z["k"]), None if np.isnan(target) else target, explained, np.cumsum(explained),
-                   np.asarray(z["mean"], dtype=np.float64), np.asarray(z["components"], dtype=np.float64),
-                   int(z["n_rows"]))
+        Raises
+        ------
+        DamagedRunFileError
+            ``data`` is not what :meth:`to_bytes` writes (truncated, another
+            file, arrays missing or of the wrong shape); the message says what
+            is wrong, not which file (the caller knows it).
+        """
+        z = _load_npz(data, ("k", "variance_target", "explained_variance", "mean", "components", "n_rows"))
+        k, target, n_rows = _scalar(z, "k", int), _scalar(z, "variance_target", float), _scalar(z, "n_rows", int)
+        explained, mean, components = z["explained_variance"], z["mean"], z["components"]
+        d = mean.shape[0] if mean.ndim == 1 else -1
+        if d < 1 or explained.shape != (d,) or components.shape != (d, k) or not 1 <= k <= d or n_rows < 0:
+            raise DamagedRunFileError(f"PCA fit of inconsistent shapes: k={k}, mean {mean.shape}, explained_variance "
+                                      f"{explained.shape}, components {components.shape}")
+        return cls(k, None if np.isnan(target) else target, explained, np.cumsum(explained), mean, components, n_rows)
+
+
+def _load_npz(data: bytes, names: Tuple[str, ...]) -> dict:
+    """Read the float64 arrays ``names`` of an ``.npz`` archive held in ``data``, all at once.
+
+    Raises
+    ------
+    DamagedRunFileError
+        Not a ``.npz`` archive (truncated, empty, another format), a damaged
+        member (CRC error), pickled data, or a missing or non-numeric array.
+    """
+    import io
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            missing = [n for n in names if n not in z.files]
+            if missing:
+                raise DamagedRunFileError(f"arrays {', '.join(missing)} missing "
+                                          f"(found: {', '.join(z.files) or 'none'})")
+            return {n: np.asarray(z[n], dtype=np.float64) for n in names}
+    except DamagedRunFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, ValueError, EOFError, zlib.error…: a damaged archive
+        raise DamagedRunFileError(f"not a .npz archive written by p8utils ({len(data)} bytes; "
+                                  f"{type(exc).__name__}: {exc})") from None
+
+
+def _scalar(z: dict, name: str, kind: type) -> Any:
+    """Return the 0-d array ``z[name]`` as ``kind`` (int or float)."""
+    value = z[name]
+    if value.shape != () or (kind is int and not float(value).is_integer()):
+        raise DamagedRunFileError(f"{name} is not a single {kind.__name__} (shape {value.shape})")
+    return kind(value)
 
 
 def check_pca_params(k: Optional[int], variance: Optional[float], width: Optional[int] = None) -> None:
