@@ -11,6 +11,12 @@ RUN_EXTRAS := spark,tf,notebooks
 TEST_EXTRAS := $(RUN_EXTRAS),plots,lab,dev,sparkmagic
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+# Test only: Hadoop's S3A connector for the local Spark session (EMR brings its own EMRFS for s3://).
+# hadoop-aws 3.3.1 + its AWS SDK bundle, taken from PyPI's sagemaker-pyspark 1.4.5 source archive;
+# tests/conftest.py puts them on the test session's class path and points S3A at the S3 emulator.
+S3A_JARS := $(VENV)/s3a-jars
+S3A_STAMP := $(S3A_JARS)/.installed
+S3A_SDIST := sagemaker_pyspark-1.4.5
 # Jupyter kernel running the project's .venv (papermill -k p8utils; "Python (p8utils)" in JupyterLab)
 KERNEL := $(VENV)/share/jupyter/kernels/p8utils/kernel.json
 # sparkmagic's PySpark kernel (papermill -k pysparkkernel: notebook 02 against Livy; tests/test_livy.py)
@@ -71,8 +77,16 @@ $(TEST_STAMP): $(RUN_STAMP)
 		exit 1; }
 	touch $@
 
+$(S3A_STAMP): $(RUN_STAMP)
+	rm -rf $(S3A_JARS) && mkdir -p $(S3A_JARS)/download
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d $(S3A_JARS)/download sagemaker-pyspark==1.4.5
+	tar -xzf $(S3A_JARS)/download/$(S3A_SDIST).tar.gz -C $(S3A_JARS) --strip-components=3 \
+		$(S3A_SDIST)/deps/jars/hadoop-aws-3.3.1.jar $(S3A_SDIST)/deps/jars/aws-java-sdk-bundle-1.11.901.jar
+	rm -rf $(S3A_JARS)/download
+	touch $@
+
 install-run: $(RUN_STAMP)
-install: $(TEST_STAMP)
+install: $(TEST_STAMP) $(S3A_STAMP)
 
 $(KERNEL): $(RUN_STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name p8utils --display-name "Python (p8utils)"

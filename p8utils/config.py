@@ -135,9 +135,10 @@ class RunConfig:
         "target images per Spark task: fewer, larger tasks amortise the per-task cost; never fewer tasks than "
         "cores", kind="int", check=lambda n, v: check_int(n, v, 1, example=DEFAULT_IMAGES_PER_PARTITION)))
     reader: str = field(default="auto", metadata=_param(
-        "how files are listed and read: 'python' (local folders: os.scandir, each Python worker reads its files), "
-        "'spark' (Spark's file index and binaryFile source: any Hadoop filesystem), 'auto' (python for local "
-        "inputs, spark for URIs)", choices=lambda: READERS))
+        "how files are listed and read: 'python' (local folders: os.scandir; s3:// folders: ListObjectsV2, one "
+        "request per 1,000 objects; each Python worker reads its files, one GetObject per S3 object), 'spark' "
+        "(Spark's file index and binaryFile source: any Hadoop filesystem, several requests per S3 object), "
+        "'auto' (python for local, s3:// and file-list inputs, spark for other URIs)", choices=lambda: READERS))
     master: Optional[str] = field(default=None, metadata=_param(
         "Spark master of a new session, e.g. local[2] or spark://host:7077 (None: local[*]); ignored when a "
         "session exists (spark-submit, Livy)", check=_check_master))

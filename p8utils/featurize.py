@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequ
 import numpy as np
 import pandas as pd
 
+from p8utils import storage
 from p8utils.engines import DEFAULT_ENGINE, Predictor, calibration_digest, get_engine, payload
 from p8utils.errors import ParameterError
 from p8utils.images import DEFAULT_MAX_PIXELS, decode_image, read_file
@@ -79,13 +80,16 @@ def _featurize_frame(
     predict: Predictor,
     batch_size: int,
     max_pixels: int,
+    endpoint: Optional[str] = None,
 ) -> pd.DataFrame:
     """Read (when given paths), decode and featurize one Arrow batch, ``batch_size`` images at a time.
 
     Parameters
     ----------
     contents : sequence of bytes, str or None
-        Encoded images, or paths of local files to read (:func:`p8utils.images.read_file`).
+        Encoded images, or paths of files to read (:func:`p8utils.images.read_file`).
+    endpoint : str, optional
+        S3 endpoint for ``s3://`` paths, captured on the driver (:func:`p8utils.storage.s3_endpoint`).
 
     Returns
     -------
@@ -109,7 +113,7 @@ def _featurize_frame(
         i = start
         while i < n and len(rows) < batch_size:
             item = contents[i]
-            data, reason = read_file(item) if isinstance(item, str) else (item, None)
+            data, reason = read_file(item, endpoint) if isinstance(item, str) else (item, None)
             arr, reason = (None, reason) if reason else decode_image(data, (w, h), max_pixels)
             if arr is None:
                 errors[i] = reason
@@ -172,9 +176,11 @@ def featurize(
     df : pyspark.sql.DataFrame
         Must have ``input_col``: binary (the encoded image, e.g. from
         :func:`p8utils.images.load_images`), or string (the path of a local
-        file, e.g. a listing of :func:`p8utils.images.list_images`: each Python
-        worker reads its files itself, and a file that is gone or unreadable
-        gets ``error = "missing"`` / ``"unreadable"``).
+        file or an ``s3://`` object, e.g. a listing of
+        :func:`p8utils.images.list_images`: each Python worker reads its files
+        itself, an S3 object with one ``GetObject`` at the driver's endpoint,
+        and a file that is gone or unreadable gets ``error = "missing"`` /
+        ``"unreadable"``).
     bundle : WeightsBundle
         Resolved weights (:func:`p8utils.models.load_weights`); broadcast once.
     input_col : str
@@ -222,11 +228,12 @@ def featurize(
     spec = bundle.spec
     version = _version(bundle, engine, calibration)
     bc = df.sparkSession.sparkContext.broadcast(payload(bundle, engine, calibration))
+    endpoint = storage.s3_endpoint()  # the driver's: the executors' environment may not name it
 
     @F.pandas_udf(FEATURES_TYPE)  # type: ignore[call-overload]
     def _features_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         return _run_udf(batches, spec, lambda: bc.value, version, engine, threads, batch_size, max_pixels,
-                        model_builds)
+                        model_builds, endpoint)
 
     result = df.withColumn("_p8_features", _features_udf(F.col(input_col)))
     others = [c for c in df.columns if c != "error" and not (c == input_col and isinstance(kind, BinaryType))]
@@ -248,12 +255,13 @@ def _run_udf(
     batch_size: int,
     max_pixels: int,
     builds: Optional[Accumulator] = None,
+    endpoint: Optional[str] = None,
 ) -> Iterator[pd.DataFrame]:
     """Body of the pandas UDF (module level, so the worker's cache persists)."""
     skip_unchanged_zip_rescans()
     predict = _get_predictor(spec, payload_fn, version, engine, threads or _task_cpus(), builds)
     for contents in batches:
-        yield _featurize_frame(contents.tolist(), spec, predict, batch_size, max_pixels)
+        yield _featurize_frame(contents.tolist(), spec, predict, batch_size, max_pixels, endpoint)
 
 
 def featurize_bytes(
@@ -280,4 +288,4 @@ def featurize_bytes(
     check_featurize_params(batch_size, engine, threads)
     predict = _get_predictor(bundle.spec, lambda: payload(bundle, engine, calibration),
                              _version(bundle, engine, calibration), engine, threads or 1)
-    return _featurize_frame(list(contents), bundle.spec, predict, batch_size, max_pixels)
+    return _featurize_frame(list(contents), bundle.spec, predict, batch_size, max_pixels, storage.s3_endpoint())

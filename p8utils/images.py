@@ -3,8 +3,10 @@
 :func:`list_images` fixes the set of files a run reports on: one row per
 listed file, whatever happens to the file afterwards. A local folder is
 listed with ``os.scandir`` (names Hadoop cannot represent, broken links and
-unreadable entries become rows with a reason); a Hadoop URI (``s3://`` on
-EMR) with Spark's file index. The label of an image is the name of its parent
+unreadable entries become rows with a reason); an ``s3://`` folder with the
+S3 API (``ListObjectsV2``: one request per 1,000 objects, nothing per object);
+another Hadoop URI (or any URI with the ``spark`` reader) with Spark's file
+index. The label of an image is the name of its parent
 folder, kept exactly as it is on disk (spaces, unicode, ``%``, ``#``).
 
 Nothing here raises on bad data: :func:`read_file` and
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import itertools
 import os
 import stat
 import warnings
@@ -89,10 +92,12 @@ ERROR_REASONS: Tuple[str, ...] = (
 TRANSIENT_REASONS: Tuple[str, ...] = ("missing", "unreadable")
 
 #: Ways to list and read the input: ``python`` lists a local folder with
-#: ``os.scandir`` and reads each file in the Python worker that decodes it;
-#: ``spark`` lists with Spark's file index and reads with its ``binaryFile``
-#: source (any Hadoop filesystem: ``s3://``, ``hdfs://``); ``auto`` is
-#: ``python`` for local inputs and ``spark`` otherwise.
+#: ``os.scandir`` (an ``s3://`` folder with ``ListObjectsV2``) and reads each
+#: file in the Python worker that decodes it (S3: one ``GetObject`` per
+#: object); ``spark`` lists with Spark's file index and reads with its
+#: ``binaryFile`` source (any Hadoop filesystem: ``s3://``, ``hdfs://``; on S3
+#: about five requests per object); ``auto`` is ``python`` for local and S3
+#: inputs and ``spark`` otherwise.
 READERS: Tuple[str, ...] = ("auto", "python", "spark")
 
 #: An input ending like this is a file list (an input manifest, e.g. converted from S3 Inventory) instead of a
@@ -159,17 +164,19 @@ def check_input(
     Parameters
     ----------
     path : str
-        Local folder or Hadoop URI. Hadoop URIs need ``spark`` (its JVM's
-        ``FileSystem`` answers; listing stops at the first image found).
+        Local folder, ``s3://`` prefix (the S3 API answers) or other Hadoop
+        URI (needs ``spark``: its JVM's ``FileSystem`` answers). Listing stops
+        at the first image found.
     extensions : sequence of str
         Extensions that count as images.
     spark : SparkSession, optional
-        Needed for non-local URIs only.
+        Needed for non-local, non-S3 URIs only.
 
     Raises
     ------
     ParameterError
-        Missing path, a path that is a file, or no image below it.
+        Missing path (S3: no such bucket, or no object under the prefix), a
+        path that is a file, or no image below it.
     """
     exts = normalise_extensions(extensions)
     if not path:
@@ -189,6 +196,9 @@ def check_input(
         if not local.is_dir():
             raise ParameterError(f"input={path!r} is a file. Fix: pass the folder that holds the class folders, "
                                  f"or a file list ({' / '.join(FILE_LIST_SUFFIXES)}) with a 'path' column.")
+    elif storage.is_s3(path):
+        _check_s3_input(path, exts)
+        return
     elif not storage.exists(path, spark):
         raise ParameterError(f"input={path!r} does not exist. Fix: check the bucket/prefix (aws s3 ls {path}).")
     for name in storage.iter_files(path, spark):
@@ -198,6 +208,50 @@ def check_input(
     raise ParameterError(
         f"input={path!r} holds no image with extension {'/'.join(exts)} (case-insensitive). "
         "Fix: point input at the folder holding one sub-folder per class of .jpg files, "
+        "or pass extensions=[...] / --extensions to count other file types."
+    )
+
+
+def _check_s3_input(path: str, exts: Tuple[str, ...]) -> None:
+    """:func:`check_input` for an ``s3://`` folder: list until the first image (1 request per 1,000 keys)."""
+    _s3_rows(path, exts)
+
+
+def _s3_rows(path: str, exts: Tuple[str, ...]) -> Iterator[tuple]:
+    """Start listing the S3 folder ``path``: return its listing rows once the first image is found.
+
+    The listing itself is the check (no request beyond the ``ListObjectsV2`` pages), so a run
+    costs one request per 1,000 keys in all.
+
+    Raises
+    ------
+    ParameterError
+        No such bucket, listing denied, nothing under the prefix (or the prefix is an object),
+        or no image among the objects.
+    """
+    _, bucket, key = storage.split_s3(path)
+    counts = {"objects": 0}
+    rows = _scan_s3(path, exts, counts)
+    try:
+        first = next(rows, None)
+    except FileNotFoundError as exc:
+        raise ParameterError(f"input={path!r}: the bucket {bucket!r} does not exist (or is not visible from this "
+                             f"account/endpoint). Fix: check the bucket name (aws s3 ls s3://{bucket}/).") from exc
+    except PermissionError as exc:
+        raise ParameterError(f"input={path!r} cannot be listed: access denied. Fix: grant s3:ListBucket on "
+                             f"arn:aws:s3:::{bucket} to this role (on EMR: the instance profile).") from exc
+    if first is not None:
+        return itertools.chain([first], rows)
+    if counts["objects"] == 0:
+        if key.strip("/") and not key.endswith("/") and storage.exists(path):
+            raise ParameterError(f"input={path!r} is an object, not a folder. Fix: pass the prefix that holds the "
+                                 "class folders (s3://bucket/prefix/), or a file list "
+                                 f"({' / '.join(FILE_LIST_SUFFIXES)}) with a 'path' column.")
+        raise ParameterError(f"input={path!r} does not exist: no object under this prefix. Fix: check the prefix "
+                             f"(aws s3 ls {path.rstrip('/')}/).")
+    raise ParameterError(
+        f"input={path!r} holds no image with extension {'/'.join(exts)} (case-insensitive). "
+        "Fix: point input at the prefix holding one sub-folder per class of .jpg files, "
         "or pass extensions=[...] / --extensions to count other file types."
     )
 
@@ -239,18 +293,23 @@ def is_file_list(path: str) -> bool:
 def resolve_reader(reader: str, path: str) -> str:
     """Return the concrete reader (``"python"`` or ``"spark"``) for ``path``.
 
+    ``auto`` is ``python`` for local folders, ``s3://`` folders (listed with
+    the S3 API, each object read with one ``GetObject`` by the worker) and
+    file lists, ``spark`` for other URIs.
+
     Raises
     ------
     ParameterError
-        Unknown reader, or ``"python"`` for a non-local URI.
+        Unknown reader, or ``"python"`` for a folder URI other than S3.
     """
     check_choice("reader", reader, READERS)
+    python_ok = storage.is_local(path) or storage.is_s3(path) or is_file_list(path)
     if reader == "auto":
-        return "python" if storage.is_local(path) or is_file_list(path) else "spark"
-    if reader == "python" and not (storage.is_local(path) or is_file_list(path)):
+        return "python" if python_ok else "spark"
+    if reader == "python" and not python_ok:
         raise ParameterError(
-            f"reader='python' lists local folders only, input={path!r} is a folder URI. Fix: reader='auto' or "
-            "'spark' (or pass a file list of its images)."
+            f"reader='python' lists local and s3:// folders only, input={path!r} is another folder URI. "
+            "Fix: reader='auto' or 'spark' (or pass a file list of its images)."
         )
     return reader
 
@@ -269,7 +328,7 @@ def list_images(
     ----------
     spark : pyspark.sql.SparkSession
     path : str
-        Local folder or Hadoop URI (``s3://bucket/prefix/``).
+        Local folder, ``s3://bucket/prefix/`` or other Hadoop URI.
     extensions : sequence of str
         File extensions that count as images, case-insensitive.
     dest : str, optional
@@ -295,11 +354,17 @@ def list_images(
     to ``dest`` in chunks (the driver never holds the whole list), so names
     that Hadoop's local filesystem cannot represent (``e:f.jpg``), broken
     links and unreadable entries are listed too; folder symbolic links are
-    followed once. With the ``spark`` reader the listing is Spark's file index
-    (kept in the JVM), which also holds zero-byte files that its reader skips.
+    followed once; an ``s3://`` folder is listed with ``ListObjectsV2`` (one
+    request per 1,000 objects; ``length`` is the object's size,
+    ``modificationTime`` its ``LastModified``), into the same rows. With the
+    ``spark`` reader the listing is Spark's file index (kept in the JVM), which
+    also holds zero-byte files that its reader skips.
     """
-    check_input(path, extensions, spark)
     exts = normalise_extensions(extensions)
+    if storage.is_s3(path) and not is_file_list(path) and resolve_reader(reader, path) == "python":
+        # listed with ListObjectsV2 only: the listing is its own check_input (1 request per 1,000 keys in all)
+        return _write_listing(spark, _s3_rows(path, exts), [], dest)
+    check_input(path, extensions, spark)
     how = resolve_reader(reader, path)
     if is_file_list(path):
         return _file_list_listing(spark, path, exts, dest, how)
@@ -314,34 +379,80 @@ _CHUNK = 10_000  # listing rows held in memory at a time
 
 def _python_listing(spark: SparkSession, root: Path, exts: Tuple[str, ...], dest: Optional[str]) -> Listing:
     """List a local folder with ``os.scandir``; write the rows in chunks to ``dest``."""
+    unlisted: List[Dict[str, str]] = []
+    return _write_listing(spark, _scan(root, exts, unlisted), unlisted, dest)
+
+
+def _write_listing(spark: SparkSession, scan: Iterator[tuple], unlisted: List[Dict[str, str]],
+                   dest: Optional[str]) -> Listing:
+    """Write the rows of ``scan`` (``(path, label, length, mtime_ms, error)``) in chunks to ``dest`` (parquet).
+
+    ``unlisted`` is read after ``scan`` is exhausted (the scan appends to it). A ``dest`` that is not local
+    (an ``s3://`` staging folder) is written to a local temporary file first, then uploaded as one object.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema([("path", pa.string()), ("label", pa.string()), ("length", pa.int64()),
                         ("modificationTime", pa.timestamp("ms", tz="UTC")), ("error", pa.string())])
-    unlisted: List[Dict[str, str]] = []
     n = 0
     if dest is None:
         rows: List[tuple] = []
-        for row in _scan(root, exts, unlisted):
+        for row in scan:
             rows.append(row)
         frame = spark.createDataFrame(
             [(p, lb, ln, None if ms is None else _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc), e)
              for p, lb, ln, ms, e in rows], _LISTING_SCHEMA)
         return Listing(frame.localCheckpoint(eager=True), len(rows), unlisted, "python")
-    target = storage.local_path(dest)
-    target.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(str(target / "part-00000.parquet"), schema) as writer:
-        chunk: List[tuple] = []
-        for row in _scan(root, exts, unlisted):
-            chunk.append(row)
-            n += 1
-            if len(chunk) == _CHUNK:
+    import tempfile
+
+    local = storage.is_local(dest)
+    tmp = None if local else tempfile.TemporaryDirectory(prefix="p8utils-listing-")
+    try:
+        target = storage.local_path(dest) if local else Path(tmp.name)  # type: ignore[union-attr]
+        target.mkdir(parents=True, exist_ok=True)
+        with pq.ParquetWriter(str(target / "part-00000.parquet"), schema) as writer:
+            chunk: List[tuple] = []
+            for row in scan:
+                chunk.append(row)
+                n += 1
+                if len(chunk) == _CHUNK:
+                    writer.write_table(pa.Table.from_pylist([dict(zip(LISTING_COLUMNS, r)) for r in chunk], schema))
+                    chunk.clear()
+            if chunk:
                 writer.write_table(pa.Table.from_pylist([dict(zip(LISTING_COLUMNS, r)) for r in chunk], schema))
-                chunk.clear()
-        if chunk:
-            writer.write_table(pa.Table.from_pylist([dict(zip(LISTING_COLUMNS, r)) for r in chunk], schema))
-    return Listing(spark.read.parquet(str(target)), n, unlisted, "python")
+        if not local:
+            storage.upload_file(str(target / "part-00000.parquet"), storage.join(dest, "part-00000.parquet"), spark)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return Listing(spark.read.parquet(storage.spark_path(dest)), n, unlisted, "python")
+
+
+def _scan_s3(uri: str, exts: Tuple[str, ...], counts: Optional[Dict[str, int]] = None) -> Iterator[tuple]:
+    """Yield ``(path, label, length, mtime_ms, error)`` for every image object below the S3 folder ``uri``.
+
+    One ``ListObjectsV2`` request per 1,000 keys, nothing per object. Rows as :func:`_scan`'s:
+    ``path`` is ``scheme://bucket/key`` (the key verbatim, as Hadoop prints it), ``label`` the parent
+    "folder", names (any segment below ``uri``) starting with ``_`` or ``.`` are skipped; in key order.
+    ``counts["objects"]`` counts the objects seen, images or not.
+    """
+    scheme, bucket, key = storage.split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    counts = {} if counts is None else counts
+    counts.setdefault("objects", 0)
+    for entry in storage.iter_s3_objects(uri):
+        counts["objects"] += 1
+        name = entry["Key"]
+        rel = name[len(prefix):]
+        parts = rel.split("/")
+        if any(part.startswith((".", "_")) for part in parts) or not _has_extension(parts[-1], exts):
+            continue
+        path = f"{scheme}://{bucket}/{name}"
+        size = int(entry["Size"])
+        modified = entry["LastModified"]
+        mtime_ms = int(round(modified.timestamp() * 1000)) if modified is not None else None
+        yield path, path.rsplit("/", 2)[-2], size, mtime_ms, "empty" if size == 0 else None
 
 
 def _scan(root: Path, exts: Tuple[str, ...], unlisted: List[Dict[str, str]]) -> Iterator[tuple]:
@@ -657,16 +768,18 @@ def load_listed(spark: SparkSession, listing: DataFrame) -> DataFrame:
                       "modificationTime", "length")
 
 
-def read_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
-    """Read a listed file in the Python process (a local path, or ``s3://`` through pyarrow); never raises.
+def read_file(path: str, endpoint: Optional[str] = None) -> Tuple[Optional[bytes], Optional[str]]:
+    """Read a listed file in the Python process (a local path, or an S3 object); never raises.
 
     Parameters
     ----------
     path : str
         Spark's form of a local path (``file:/…``), a plain path, or an
-        ``s3://`` / ``s3a://`` URI (pyarrow's S3 filesystem: the usual AWS
-        credential chain, e.g. an EMR node's instance profile; ``AWS_ENDPOINT_URL``
-        is honoured).
+        ``s3://`` / ``s3a://`` / ``s3n://`` URI (one ``GetObject`` with boto3:
+        the usual AWS credential chain, e.g. an EMR node's instance profile).
+    endpoint : str, optional
+        S3 endpoint URL, as :func:`p8utils.storage.s3_endpoint` gave it on the
+        driver (a worker's environment is not the driver's); None: AWS's own.
 
     Returns
     -------
@@ -675,7 +788,7 @@ def read_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
         ``(None, "unreadable")`` when it cannot be opened or read.
     """
     if not storage.is_local(path):
-        return _read_remote(path)
+        return _read_remote(path, endpoint)
     try:
         with open(storage.local_path(path), "rb") as fh:
             return fh.read(), None
@@ -685,29 +798,16 @@ def read_file(path: str) -> Tuple[Optional[bytes], Optional[str]]:
         return None, "unreadable"
 
 
-_S3: Dict[str, object] = {}  # per Python worker: {bucket: pyarrow S3FileSystem}
-
-
-def _read_remote(uri: str) -> Tuple[Optional[bytes], Optional[str]]:
-    """Read an ``s3://`` object with pyarrow (one filesystem per bucket and worker)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    if parts.scheme not in ("s3", "s3a", "s3n"):
+def _read_remote(uri: str, endpoint: Optional[str] = None) -> Tuple[Optional[bytes], Optional[str]]:
+    """Read an S3 object with one ``GetObject`` (:func:`p8utils.storage.read_object`); never raises."""
+    if not storage.is_s3(uri):
         return None, "unreadable"  # the Python reader reads local files and S3; others go through Spark
     try:
-        from pyarrow import fs as pafs
-
-        if parts.netloc not in _S3:
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            _S3[parts.netloc] = (pafs.S3FileSystem(endpoint_override=endpoint, region=os.environ.get(
-                "AWS_DEFAULT_REGION", "us-east-1")) if endpoint else pafs.FileSystem.from_uri(f"s3://{parts.netloc}")[0])
-        with _S3[parts.netloc].open_input_stream(f"{parts.netloc}{parts.path}") as stream:  # type: ignore[attr-defined]
-            return stream.readall(), None
-    except FileNotFoundError:
+        return storage.read_object(uri, endpoint), None
+    except FileNotFoundError:  # NoSuchKey (404), or the bucket is gone
         return None, "missing"
-    except OSError as exc:
-        return None, "missing" if "NoSuchKey" in str(exc) or "not found" in str(exc).lower() else "unreadable"
+    except Exception:  # noqa: BLE001 - access denied (403), network, throttling after retries
+        return None, "unreadable"
 
 
 def decode_image(

@@ -1,28 +1,69 @@
-"""Small file operations on local paths and Hadoop URIs (``s3://``, ``hdfs://``).
+"""Small file operations on local paths, S3 URIs and other Hadoop URIs, driver and workers alike.
 
-Local paths are handled with the standard library (no Spark needed, so
-parameters can be checked before any JVM starts). Other URIs go through the
-Hadoop ``FileSystem`` of the session's JVM: on EMR that is EMRFS for ``s3://``.
-These are driver-side metadata calls, not Spark jobs.
+Three ways in, by the URI's scheme:
+
+* local paths (no scheme, ``file:``): the standard library (no Spark needed, so parameters can be
+  checked before any JVM starts);
+* ``s3://``, ``s3a://``, ``s3n://``: the S3 API through boto3 (:func:`s3_client`, one client per
+  process), on the driver and in the Python workers (:func:`read_object`);
+* any other scheme (``hdfs://``, ``dbfs:``, ...): the Hadoop ``FileSystem`` of the session's JVM
+  (driver-side metadata calls, not Spark jobs).
+
+Why a store such as S3 is reached in two ways
+---------------------------------------------
+Spark's own readers and writers (``parquet``, ``binaryFile``) run in the JVM and need Hadoop's
+connector: EMRFS for ``s3://`` on EMR, S3A locally (``fs.s3.impl``; the tests put ``hadoop-aws`` on
+``spark.jars``). Every access made from Python (the driver's metadata, the run's lease and manifest,
+the listing of an input folder, the workers' reads of image objects) goes through boto3 instead,
+for two reasons:
+
+* only the S3 API has conditional writes: ``PutObject`` with ``If-None-Match: *`` is an atomic
+  create-if-absent (HTTP 412 when the key exists), which makes the run's lease safe
+  (:func:`create_exclusive`); the Hadoop ``FileSystem.create(path, overwrite=False)`` of EMRFS/S3A is
+  a ``HEAD`` then a ``PUT``, and two writers can both win;
+* one request per operation: a read is one ``GetObject``, a write one ``PutObject``, a listing one
+  ``ListObjectsV2`` per 1,000 keys, whereas the Hadoop connector probes with ``HEAD`` and ``LIST``
+  requests on every call (``exists``, ``open``, ``create``; ``listFiles`` + ``binaryFile`` cost
+  about five requests per file).
+
+S3 has no rename: :func:`rename` refuses S3 URIs (a "rename" there is a copy of every object then a
+delete, neither atomic nor cheap); write data under its final name and commit by writing one small
+object last.
+
+Endpoint and credentials: the standard AWS configuration of the process (instance profile on EMR,
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL`` for an S3-compatible store or an emulator). The workers' environment is not the
+driver's on a cluster, so code that reads from workers captures :func:`s3_endpoint` on the driver and
+passes it to :func:`read_object`; credentials are never shipped, each node uses its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
 __all__ = [
+    "S3_SCHEMES",
     "is_local",
+    "is_s3",
+    "s3_endpoint",
+    "s3_client",
+    "split_s3",
+    "read_object",
+    "iter_s3_objects",
+    "upload_file",
     "local_path",
     "spark_path",
     "join",
@@ -89,6 +130,313 @@ def parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
 
 
+# ------------------------------------------------------------------------------------------------
+# S3 through boto3
+# ------------------------------------------------------------------------------------------------
+#: URI schemes served by the S3 API (boto3) on the Python side.
+S3_SCHEMES: Tuple[str, ...] = ("s3", "s3a", "s3n")
+
+_DELETE_BATCH = 1000  # keys per DeleteObjects request (the API's maximum)
+_CLIENTS: Dict[Tuple[int, Optional[str]], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def is_s3(uri: str) -> bool:
+    """Tell whether ``uri`` is an S3 URI (``s3://``, ``s3a://``, ``s3n://``)."""
+    return urlparse(str(uri)).scheme.lower() in S3_SCHEMES and str(uri).split(":", 1)[1].startswith("//")
+
+
+def split_s3(uri: str) -> Tuple[str, str, str]:
+    """Split an S3 URI into ``(scheme, bucket, key)``; the key is kept verbatim.
+
+    Keys are not percent-decoded and ``#`` or ``?`` are part of the key (Hadoop's
+    ``Path`` strings, which Spark prints, are not URL-encoded), so
+    ``s3://b/Apple Red/a#1.jpg`` gives ``("s3", "b", "Apple Red/a#1.jpg")``.
+
+    Raises
+    ------
+    ValueError
+        ``uri`` is not an S3 URI, or names no bucket.
+    """
+    text = str(uri)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in S3_SCHEMES:
+        raise ValueError(f"{text!r} is not an S3 URI (s3://bucket/key)")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{text!r} names no bucket. Fix: s3://bucket/prefix/")
+    return scheme.lower(), bucket, key
+
+
+def s3_endpoint() -> Optional[str]:
+    """Return the S3 endpoint this process is configured for, or None for AWS's own.
+
+    ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the variables boto3 >= 1.28 honours
+    itself). Capture it on the driver and pass it to :func:`read_object` in the workers:
+    their environment is not the driver's on a cluster.
+    """
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_client(endpoint: Optional[str] = None) -> Any:
+    """Return this process's boto3 S3 client for ``endpoint`` (created once, thread-safe).
+
+    Parameters
+    ----------
+    endpoint : str, optional
+        Endpoint URL; None: boto3's own configuration (environment, config file), which on
+        the driver gives the same as :func:`s3_endpoint`.
+
+    Returns
+    -------
+    botocore.client.S3
+    """
+    key = (os.getpid(), endpoint)  # a forked Python worker makes its own client
+    client = _CLIENTS.get(key)
+    if client is None:
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.get(key)
+            if client is None:
+                import boto3  # imported here: `import p8utils.storage` stays cheap
+                from botocore.config import Config
+
+                config = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+                client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+                _CLIENTS[key] = client
+    return client
+
+
+def _client_error(exc: Exception) -> Tuple[str, int]:
+    """``(error code, HTTP status)`` of a botocore ``ClientError`` (``("", 0)`` for other errors)."""
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def _is_missing(exc: Exception) -> bool:
+    code, status = _client_error(exc)
+    return code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404
+
+
+def _os_error(exc: Exception, uri: str) -> OSError:
+    """Translate a boto3 error about ``uri`` into FileNotFoundError, PermissionError or OSError."""
+    code, status = _client_error(exc)
+    if _is_missing(exc):
+        return FileNotFoundError(f"{uri}: {code or 'not found'} ({exc})")
+    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or status == 403:
+        return PermissionError(f"{uri}: access denied ({exc}). Fix: grant s3:GetObject/s3:ListBucket/"
+                               "s3:PutObject on it to this role (on EMR: the EC2 instance profile)")
+    return OSError(f"{uri}: {exc}")
+
+
+def _s3_call(uri: str, call: Any, /, **kwargs: Any) -> Any:
+    """Call a client method; botocore errors become OSError subclasses (see :func:`_os_error`)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return call(**kwargs)
+    except (ClientError, BotoCoreError) as exc:
+        raise _os_error(exc, uri) from exc
+
+
+def read_object(uri: str, endpoint: Optional[str] = None) -> bytes:
+    """Read a whole S3 object with one ``GetObject`` (for the workers: pass the driver's endpoint).
+
+    Parameters
+    ----------
+    uri : str
+        ``s3://bucket/key`` (``s3a``/``s3n`` too).
+    endpoint : str, optional
+        The endpoint captured on the driver with :func:`s3_endpoint`.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    FileNotFoundError
+        No such key or bucket.
+    PermissionError
+        Access denied.
+    OSError
+        Any other failure (network, throttling after retries, ...).
+    """
+    _, bucket, key = split_s3(uri)
+    client = s3_client(endpoint)
+    answer = _s3_call(uri, client.get_object, Bucket=bucket, Key=key)
+    try:
+        return answer["Body"].read()
+    except Exception as exc:  # noqa: BLE001 - a connection broken mid-body
+        raise OSError(f"{uri}: {exc}") from exc
+
+
+def upload_file(local: str, uri: str, spark: Optional[SparkSession] = None) -> None:
+    """Copy the local file ``local`` to ``uri`` (S3: one PutObject, multipart above 8 MB)."""
+    if is_local(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)
+    elif is_s3(uri):
+        _, bucket, key = split_s3(uri)
+        client = s3_client(s3_endpoint())
+        _s3_call(uri, client.upload_file, Filename=str(local), Bucket=bucket, Key=key)
+    else:
+        with open(local, "rb") as fh:
+            write_bytes(uri, fh.read(), spark)
+
+
+def _s3_keys(uri: str, prefix: str) -> Iterator[Dict[str, Any]]:
+    """Yield the ``Contents`` entries of every object under ``prefix`` of ``uri``'s bucket (1 LIST per 1,000)."""
+    _, bucket, _ = split_s3(uri)
+    client = s3_client(s3_endpoint())
+    token = None
+    while True:
+        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = _s3_call(uri, client.list_objects_v2, **kwargs)
+        yield from page.get("Contents", [])
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+
+
+def iter_s3_objects(uri: str) -> Iterator[Dict[str, Any]]:
+    """Yield every object below the S3 folder ``uri``: ``ListObjectsV2`` entries (``Key``, ``Size``, ``LastModified``).
+
+    Paginated, lazy: one request per 1,000 keys, in key order; folder markers (keys ending
+    in ``/``) are left out.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such bucket.
+    PermissionError
+        Listing denied.
+    """
+    _, _, key = split_s3(uri)
+    for entry in _s3_keys(uri, _s3_folder_prefix(key)):
+        if not entry["Key"].endswith("/"):
+            yield entry
+
+
+def _s3_folder_prefix(key: str) -> str:
+    """Return the listing prefix of the "folder" ``key``: ``a/b`` and ``a/b/`` give ``a/b/``, the root ``""``."""
+    return key.rstrip("/") + "/" if key.strip("/") else ""
+
+
+def _s3_exists(uri: str) -> bool:
+    scheme, bucket, key = split_s3(uri)
+    client = s3_client(s3_endpoint())
+    from botocore.exceptions import ClientError
+
+    if key and not key.endswith("/"):
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if not _is_missing(exc):
+                raise _os_error(exc, uri) from exc
+    try:
+        page = client.list_objects_v2(Bucket=bucket, Prefix=_s3_folder_prefix(key), MaxKeys=1)
+    except ClientError as exc:
+        if _is_missing(exc):
+            return False
+        raise _os_error(exc, uri) from exc
+    return bool(page.get("KeyCount") or page.get("Contents") or page.get("CommonPrefixes") or not key.strip("/"))
+
+
+def _s3_create_exclusive(uri: str, data: bytes) -> bool:
+    _, bucket, key = split_s3(uri)
+    client = s3_client(s3_endpoint())
+    from botocore.exceptions import ClientError
+
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=bytes(data), IfNoneMatch="*")
+    except ClientError as exc:
+        code, status = _client_error(exc)
+        # 412: the key exists; 409: another conditional write to it is in flight (S3 asks to retry;
+        # whoever retries then finds the key taken, so this writer has lost either way)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return False
+        raise _os_error(exc, uri) from exc
+    return True
+
+
+def _s3_list_dir(uri: str) -> List[str]:
+    _, bucket, key = split_s3(uri)
+    client = s3_client(s3_endpoint())
+    prefix = _s3_folder_prefix(key)
+    names = set()
+    token = None
+    while True:
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
+        if token:
+            kwargs["ContinuationToken"] = token
+        try:
+            page = client.list_objects_v2(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - botocore errors
+            if _is_missing(exc):
+                return []  # no such bucket: an absent folder, as on a filesystem
+            raise _os_error(exc, uri) from exc
+        names.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+        names.update(o["Key"][len(prefix):] for o in page.get("Contents", []))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            break
+    names.discard("")  # the folder's own marker object ("prefix/")
+    return sorted(names)
+
+
+def _s3_delete(uri: str) -> None:
+    _, bucket, key = split_s3(uri)
+    if not key.strip("/"):
+        raise ValueError(f"refusing to delete the whole bucket {uri!r}: name a key or a prefix inside it")
+    client = s3_client(s3_endpoint())
+    prefix = _s3_folder_prefix(key)
+    batch: List[str] = [] if key.endswith("/") else [key]  # the key itself, if an object, and the tree below it
+    try:
+        for entry in _s3_keys(uri, prefix):
+            batch.append(entry["Key"])
+            if len(batch) == _DELETE_BATCH:
+                _s3_delete_batch(client, uri, bucket, batch)
+                batch = []
+    except FileNotFoundError:
+        return  # no such bucket: nothing to delete
+    if batch:
+        _s3_delete_batch(client, uri, bucket, batch)
+
+
+def _s3_delete_batch(client: Any, uri: str, bucket: str, keys: List[str]) -> None:
+    answer = _s3_call(uri, client.delete_objects, Bucket=bucket,
+                      Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+    errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+    if errors:
+        raise OSError(f"{uri}: could not delete {len(errors)} object(s), e.g. s3://{bucket}/{errors[0].get('Key')}: "
+                      f"{errors[0].get('Code')} {errors[0].get('Message', '')}")
+
+
+def _s3_iter_files(uri: str) -> Iterator[str]:
+    scheme, bucket, key = split_s3(uri)
+    found = False
+    for entry in iter_s3_objects(uri):
+        found = True
+        yield f"{scheme}://{bucket}/{entry['Key']}"
+    if not found and key and not key.endswith("/"):
+        try:  # a single object, as a filesystem lists a file
+            s3_client(s3_endpoint()).head_object(Bucket=bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001 - botocore errors
+            if _is_missing(exc):
+                return
+            raise _os_error(exc, uri) from exc
+        yield f"{scheme}://{bucket}/{key}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Other Hadoop filesystems, through the session's JVM
+# ------------------------------------------------------------------------------------------------
 def _hadoop_fs(spark: SparkSession, uri: str):  # noqa: ANN202 - py4j objects
     """Return ``(FileSystem, Path)`` JVM objects for ``uri``."""
     if spark is None:
@@ -102,14 +450,24 @@ def exists(uri: str, spark: Optional[SparkSession] = None) -> bool:
     """Tell whether a file or folder exists at ``uri``."""
     if is_local(uri):
         return local_path(uri).exists()
+    if is_s3(uri):
+        return _s3_exists(uri)
     fs, path = _hadoop_fs(spark, uri)
     return bool(fs.exists(path))
 
 
 def read_bytes(uri: str, spark: Optional[SparkSession] = None) -> bytes:
-    """Read a whole file (driver side; for small files such as manifests or weights)."""
+    """Read a whole file (driver side; for small files such as manifests or weights).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file (S3: no such key or bucket).
+    """
     if is_local(uri):
         return local_path(uri).read_bytes()
+    if is_s3(uri):
+        return read_object(uri, s3_endpoint())
     fs, path = _hadoop_fs(spark, uri)
     stream = fs.open(path)
     try:
@@ -123,7 +481,7 @@ def write_bytes(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> 
     """Write ``data`` to ``uri``, replacing it; parent folders are created.
 
     Local files are written to a temporary name then renamed, so a reader never
-    sees half a file.
+    sees half a file; an S3 object is written by one ``PutObject`` (S3 has no folders).
     """
     if is_local(uri):
         target = local_path(uri)
@@ -131,6 +489,10 @@ def write_bytes(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> 
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
+        return
+    if is_s3(uri):
+        _, bucket, key = split_s3(uri)
+        _s3_call(uri, s3_client(s3_endpoint()).put_object, Bucket=bucket, Key=key, Body=bytes(data))
         return
     fs, path = _hadoop_fs(spark, uri)
     stream = fs.create(path, True)
@@ -143,10 +505,12 @@ def write_bytes(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> 
 def create_exclusive(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> bool:
     """Create the file ``uri`` holding ``data`` only if it does not exist yet.
 
-    Parent folders are created. Atomic on a local filesystem (``O_EXCL``) and
-    on HDFS (``FileSystem.create`` without overwrite); on S3 the existence
-    check and the write are separate requests, so two writers racing within
-    milliseconds may both succeed: callers re-read the file to see who won.
+    Parent folders are created. Atomic on a local filesystem (``O_EXCL``), on
+    S3 (one conditional ``PutObject`` with ``If-None-Match: *``: HTTP 412 when
+    the key exists, 409 when another conditional write to it is in flight;
+    both mean another writer won) and on HDFS (``FileSystem.create`` without
+    overwrite). A retried S3 request whose first attempt did succeed also
+    answers 412: callers that must know re-read the object to see whose it is.
 
     Returns
     -------
@@ -163,6 +527,8 @@ def create_exclusive(uri: str, data: bytes, spark: Optional[SparkSession] = None
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return True
+    if is_s3(uri):
+        return _s3_create_exclusive(uri, data)
     fs, path = _hadoop_fs(spark, uri)
     if fs.exists(path):
         return False
@@ -180,10 +546,16 @@ def create_exclusive(uri: str, data: bytes, spark: Optional[SparkSession] = None
 
 
 def list_dir(uri: str, spark: Optional[SparkSession] = None) -> List[str]:
-    """Return the names of the entries directly inside the folder ``uri`` (empty if absent), sorted."""
+    """Return the names of the entries directly inside the folder ``uri`` (empty if absent), sorted.
+
+    On S3: the objects and the "folders" (common prefixes) directly under ``uri/``
+    (``ListObjectsV2`` with delimiter ``/``, one request per 1,000 entries).
+    """
     if is_local(uri):
         folder = local_path(uri)
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if is_s3(uri):
+        return _s3_list_dir(uri)
     fs, path = _hadoop_fs(spark, uri)
     if not fs.exists(path):
         return []
@@ -191,13 +563,20 @@ def list_dir(uri: str, spark: Optional[SparkSession] = None) -> List[str]:
 
 
 def delete(uri: str, spark: Optional[SparkSession] = None) -> None:
-    """Delete a file or a folder tree at ``uri`` (no error when absent)."""
+    """Delete a file or a folder tree at ``uri`` (no error when absent).
+
+    On S3: the object ``uri`` and every object under ``uri/`` (listed, then
+    ``DeleteObjects`` 1,000 keys at a time). A whole bucket is never deleted.
+    """
     if is_local(uri):
         target = local_path(uri)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
+        return
+    if is_s3(uri):
+        _s3_delete(uri)
         return
     fs, path = _hadoop_fs(spark, uri)
     fs.delete(path, True)
@@ -206,8 +585,18 @@ def delete(uri: str, spark: Optional[SparkSession] = None) -> None:
 def rename(src: str, dst: str, spark: Optional[SparkSession] = None) -> None:
     """Move ``src`` to ``dst`` (``dst`` must not exist; its parent is created).
 
-    Atomic on a local filesystem and HDFS; on S3 a rename copies then deletes.
+    Atomic on a local filesystem and HDFS.
+
+    Raises
+    ------
+    OSError
+        ``src`` or ``dst`` is on S3: an object store has no rename (it would be a
+        copy of every object then a delete, neither atomic nor cheap).
     """
+    if is_s3(src) or is_s3(dst):
+        raise OSError(errno.EOPNOTSUPP, f"cannot rename {src} to {dst}: S3 has no rename (a copy of every object "
+                      "then a delete, neither atomic nor cheap). Fix: write the data under its final name and "
+                      "commit by writing one small object (the manifest) last")
     if is_local(src) and is_local(dst):
         target = local_path(dst)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +612,9 @@ def rename(src: str, dst: str, spark: Optional[SparkSession] = None) -> None:
 def iter_files(uri: str, spark: Optional[SparkSession] = None) -> Iterator[str]:
     """Yield every file below ``uri``, recursively (lazily; stops when you stop).
 
-    Local files are yielded as absolute paths, others as full URIs.
+    Local files are yielded as absolute paths, others as full URIs. On S3: every
+    object under ``uri/`` (``ListObjectsV2``, 1 request per 1,000 keys), or the
+    object ``uri`` itself; FileNotFoundError when the bucket does not exist.
     """
     if is_local(uri):
         root = local_path(uri)
@@ -233,6 +624,9 @@ def iter_files(uri: str, spark: Optional[SparkSession] = None) -> Iterator[str]:
         for dirpath, _dirs, files in os.walk(root):
             for name in sorted(files):
                 yield os.path.join(dirpath, name)
+        return
+    if is_s3(uri):
+        yield from _s3_iter_files(uri)
         return
     fs, path = _hadoop_fs(spark, uri)
     it = fs.listFiles(path, True)

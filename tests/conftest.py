@@ -18,12 +18,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = ROOT / "data_sample"
 REAL_DIR = ROOT.parent / "shared" / "fruits360"
+#: Hadoop's S3A connector for the local session (test only: EMR has EMRFS); `make install` extracts them.
+S3A_JARS = tuple(ROOT / ".venv" / "s3a-jars" / name
+                 for name in ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: marker -> fixtures: a test using one of them, directly or through another fixture, gets the marker.
 _MARK_BY_FIXTURE = {
-    "jvm": ("spark",),
+    "jvm": ("spark", "s3_spark"),
     "heavy": ("offline_bundle",),
 }
 
@@ -100,15 +103,90 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def spark():
+    """The one local Spark session of the test process (with the S3A connector's jars when installed).
+
+    The jars go on the driver's class path, which in local mode is the executors' too: ``spark.jars`` would
+    also work, but copies the 185 MB AWS SDK bundle into every session's temporary folder (measured).
+    """
     from p8utils.spark import get_spark
 
-    session = get_spark(
-        "local[2]",
-        app_name="p8utils-tests",
-        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4", "spark.driver.memory": "3g"},
-    )
+    conf = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4", "spark.driver.memory": "3g"}
+    if all(jar.is_file() for jar in S3A_JARS):
+        conf["spark.driver.extraClassPath"] = os.pathsep.join(str(jar) for jar in S3A_JARS)
+    session = get_spark("local[2]", app_name="p8utils-tests", conf=conf)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """An S3 endpoint (moto's server, every request recorded) that boto3 in this process uses.
+
+    Sets ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, throw-away credentials and ``AWS_DEFAULT_REGION``
+    in ``os.environ`` for the rest of the session (restored at its end). Returns a
+    :class:`tests.harness.s3_emulator.S3Emulator`: ``s3.bucket()`` makes a fresh bucket, ``s3.upload(folder,
+    "s3://b/p")`` copies a folder, ``s3.mark()`` / ``s3.calls(since=mark)`` count the S3 operations received.
+    """
+    try:
+        import moto.server  # noqa: F401 - the emulator's subprocess needs it
+    except ImportError:
+        pytest.fail("moto[server] is not installed (the dev extra). Fix: make install")
+    from p8utils import storage
+
+    from .harness import aws_emulator, s3_emulator
+
+    emulator = aws_emulator.start(tmp_path_factory.mktemp("s3-emulator"))
+    endpoint = s3_emulator.S3Emulator(emulator)
+    saved = s3_emulator.set_environ(endpoint.env())
+    try:
+        yield endpoint
+    finally:
+        s3_emulator.restore_environ(saved)
+        storage._CLIENTS.clear()  # clients made for the emulator's endpoint
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_spark(spark, s3):
+    """The shared Spark session, its S3A connector (``s3://``, ``s3a://``, ``s3n://``) pointed at the ``s3`` emulator.
+
+    Spark's readers and writers then work on ``s3://`` URIs (``spark.range(3).write.parquet("s3://b/x")``),
+    and the Python workers get the emulator's credentials but not its endpoint (``SparkContext.environment``:
+    the JVM, hence its Python daemon, started before ``s3`` set them; p8utils passes the driver's endpoint
+    to the workers itself, as on a cluster). Fails (does not skip) when the connector's jars
+    are missing: ``make install`` extracts them.
+    """
+    missing = [str(jar) for jar in S3A_JARS if not jar.is_file()]
+    if missing:
+        pytest.fail(f"the S3A connector's jars are missing ({', '.join(missing)}). Fix: make install")
+    conf = spark.sparkContext.getConf()
+    jars = (conf.get("spark.driver.extraClassPath", "") or "") + (conf.get("spark.jars", "") or "")
+    if not all(str(jar) in jars for jar in S3A_JARS):
+        pytest.fail(f"the Spark session was started without the S3A jars ({jars!r}): another fixture or test made "
+                    "it first. Fix: let tests/conftest.py's `spark` fixture create the session.")
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    settings = s3.hadoop_conf()
+    saved_conf = {k: hadoop.get(k) for k in settings}
+    for key, value in settings.items():
+        hadoop.set(key, value)
+    # the workers' credentials (on EMR: the instance profile), not the endpoint: p8utils ships the driver's
+    env = spark.sparkContext.environment
+    workers = {k: v for k, v in s3.env().items() if not k.startswith("AWS_ENDPOINT_URL")}
+    saved_env = {k: env.get(k) for k in workers}
+    env.update(workers)
+    try:
+        yield spark
+    finally:
+        for key, value in saved_conf.items():
+            if value is None:
+                hadoop.unset(key)
+            else:
+                hadoop.set(key, value)
+        for key, value in saved_env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -135,3 +135,23 @@ def test_model_built_once_per_worker_not_per_task(spark, tmp_path, sample_dir, o
     assert tasks == 6 and 1 <= first <= 2, (tasks, first)  # local[2]: two Python workers
     assert out.where("error is null").count() == 240  # a second job: the workers' models are reused
     assert builds.value == first
+
+
+def test_workers_featurize_s3_objects_at_the_drivers_endpoint(s3_spark, s3, sample_dir, offline_bundle):
+    """An s3:// listing featurized from paths: each worker GETs its objects once, at the endpoint the driver
+    captured (the workers' environment does not name it); a key deleted after listing gives 'missing'."""
+    files = image_files(sample_dir)[:5]
+    bucket = s3.bucket()
+    s3.upload(sample_dir, f"s3://{bucket}/in", files)
+    s3.client.put_object(Bucket=bucket, Key="in/Kiwi/deleted.jpg", Body=files[0].read_bytes())
+    listing = list_images(s3_spark, f"s3://{bucket}/in")
+    s3.client.delete_object(Bucket=bucket, Key="in/Kiwi/deleted.jpg")
+    mark = s3.mark()
+    rows = {r.path: r for r in featurize(listing.frame, offline_bundle, input_col="path", engine="tflite").collect()}
+    assert s3.calls(mark) == {"GetObject": len(files) + 1}, "one GET per object, nothing else"
+    assert rows[f"s3://{bucket}/in/Kiwi/deleted.jpg"].error == "missing"
+    clean = featurize_bytes([f.read_bytes() for f in files], offline_bundle, engine="tflite")
+    for i, f in enumerate(files):
+        row = rows[f"s3://{bucket}/in/{f.parent.name}/{f.name}"]
+        assert row.error is None and row.label == f.parent.name
+        np.testing.assert_allclose(np.asarray(row.features, np.float32), clean.features[i], rtol=1e-5, atol=1e-6)

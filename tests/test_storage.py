@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from p8utils import storage
 
 
@@ -55,3 +57,137 @@ def test_cached_files_are_trusted_only_whole(tmp_path, monkeypatch):
     with open(path, "wb") as fh:
         fh.write(b"payl")  # a partial write (a killed process) or another file: not trusted
     assert storage.read_cached(path) is None
+
+
+# --------------------------------------------------------------------------- S3 (boto3), on the emulator
+
+
+def test_s3_uris_are_recognised():
+    assert storage.is_s3("s3://b/k") and storage.is_s3("s3a://b/k") and storage.is_s3("S3N://b/")
+    assert not storage.is_s3("/s3/x") and not storage.is_s3("hdfs:///x") and not storage.is_s3("s3:x")
+    assert storage.split_s3("s3a://b/Apple Red 1/a#1?.jpg") == ("s3a", "b", "Apple Red 1/a#1?.jpg")
+    with pytest.raises(ValueError, match="no bucket"):
+        storage.split_s3("s3:///key")
+
+
+def test_s3_endpoint_is_the_standard_variables(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert storage.s3_endpoint() is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://all:1")
+    assert storage.s3_endpoint() == "http://all:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3:2")
+    assert storage.s3_endpoint() == "http://s3:2"
+
+
+def test_s3_client_honours_the_endpoint_variable_itself(s3):
+    """boto3 (>= 1.28) reads AWS_ENDPOINT_URL_S3 by itself: a client made without endpoint goes to the emulator."""
+    import boto3
+
+    assert boto3.session.Session().client("s3").meta.endpoint_url == s3.url
+    assert storage.s3_client(storage.s3_endpoint()) is storage.s3_client(storage.s3_endpoint()), "one per process"
+
+
+def test_s3_roundtrip_and_request_counts(s3):
+    base = f"s3://{s3.bucket()}/run"
+    mark = s3.mark()
+    storage.write_bytes(base + "/manifest.json", b"{}")
+    assert s3.calls(mark) == {"PutObject": 1}, "one PutObject, no HEAD/LIST probes"
+    mark = s3.mark()
+    assert storage.read_bytes(base + "/manifest.json") == b"{}"
+    assert s3.calls(mark) == {"GetObject": 1}
+    storage.write_bytes(base + "/features/part-0.parquet", b"a")
+    storage.write_bytes(base + "/features/part-1.parquet", b"b")
+    storage.write_bytes(base + "/features/sub/x", b"c")
+    storage.write_bytes(base + "/empty/", b"")  # a "folder marker", as consoles create
+    mark = s3.mark()
+    assert storage.list_dir(base) == ["empty", "features", "manifest.json"]
+    assert storage.list_dir(base + "/features/") == ["part-0.parquet", "part-1.parquet", "sub"]
+    assert storage.list_dir(base + "/empty") == [] and storage.list_dir(base + "/absent") == []
+    assert s3.calls(mark) == {"ListObjectsV2": 4}
+    assert storage.exists(base + "/manifest.json") and storage.exists(base + "/features")
+    assert not storage.exists(base + "/absent") and not storage.exists("s3://no-such-bucket-p8/x")
+    assert list(storage.iter_files(base + "/features")) == [
+        base + "/features/part-0.parquet", base + "/features/part-1.parquet", base + "/features/sub/x"]
+    assert list(storage.iter_files(base + "/manifest.json")) == [base + "/manifest.json"]
+    assert list(storage.iter_files(base + "/absent")) == []
+    mark = s3.mark()
+    storage.delete(base + "/features")
+    assert s3.calls(mark) == {"ListObjectsV2": 1, "DeleteObjects": 1}
+    storage.delete(base + "/manifest.json")
+    storage.delete(base + "/absent")  # no error
+    assert list(storage.iter_files(base)) == []
+    with pytest.raises(ValueError, match="whole bucket"):
+        storage.delete(base.rsplit("/", 1)[0])
+
+
+def test_s3_delete_goes_by_batches(s3, monkeypatch):
+    """DeleteObjects takes at most 1,000 keys; shown here with batches of 4 (10 objects: 3 requests)."""
+    assert storage._DELETE_BATCH == 1000
+    monkeypatch.setattr(storage, "_DELETE_BATCH", 4)
+    bucket = s3.bucket()
+    for i in range(10):
+        s3.client.put_object(Bucket=bucket, Key=f"p/{i:05d}", Body=b"")
+    s3.client.put_object(Bucket=bucket, Key="p-sibling", Body=b"")
+    mark = s3.mark()
+    storage.delete(f"s3://{bucket}/p")
+    assert s3.calls(mark) == {"ListObjectsV2": 1, "DeleteObjects": 3}
+    assert s3.keys(bucket) == ["p-sibling"], "a sibling sharing the prefix is not below the folder"
+
+
+def test_s3_read_of_a_missing_key_raises_file_not_found(s3):
+    bucket = s3.bucket()
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        storage.read_bytes(f"s3://{bucket}/absent.json")
+    with pytest.raises(FileNotFoundError):
+        storage.read_object("s3://no-such-bucket-p8/x.jpg", s3.url)
+
+
+def test_s3_create_exclusive_is_atomic(s3):
+    lease = f"s3://{s3.bucket()}/out/_lease"
+    mark = s3.mark()
+    assert storage.create_exclusive(lease, b"first") is True
+    assert storage.create_exclusive(lease, b"second") is False
+    assert storage.read_bytes(lease) == b"first", "the loser does not overwrite the winner"
+    puts = [r for r in s3.requests(mark) if r["op"] == "PutObject"]
+    assert len(puts) == 2 and all(r["headers"].get("if-none-match") == "*" for r in puts)
+    assert s3.calls(mark) == {"PutObject": 2, "GetObject": 1}, "no HEAD probe: the condition is the check"
+
+
+def test_s3_create_exclusive_race_has_exactly_one_winner(s3):
+    import threading
+
+    bucket = s3.bucket()
+    for round_ in range(5):
+        lease = f"s3://{bucket}/race-{round_}/_lease"
+        barrier = threading.Barrier(8)
+        won = {}
+
+        def take(i: int, lease: str = lease, barrier: threading.Barrier = barrier, won: dict = won) -> None:
+            barrier.wait()
+            won[i] = storage.create_exclusive(lease, f"writer {i}".encode())
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [i for i, ok in won.items() if ok]
+        assert len(won) == 8 and len(winners) == 1, won
+        assert storage.read_bytes(lease) == f"writer {winners[0]}".encode()
+
+
+def test_s3_rename_is_refused(s3):
+    with pytest.raises(OSError, match="S3 has no rename"):
+        storage.rename("s3://b/x", "s3://b/y")
+    with pytest.raises(OSError, match="S3 has no rename"):
+        storage.rename("/tmp/x", "s3://b/y")
+
+
+def test_spark_reads_and_writes_s3_through_the_s3a_connector(s3_spark, s3):
+    """The test session's Spark has Hadoop's S3A connector for s3:// (EMR has EMRFS): parquet round trip."""
+    bucket = s3.bucket()
+    s3_spark.range(5).write.parquet(f"s3://{bucket}/x")
+    assert sorted(r.id for r in s3_spark.read.parquet(f"s3://{bucket}/x").collect()) == [0, 1, 2, 3, 4]
+    assert any(k.endswith(".parquet") for k in s3.keys(bucket, "x/"))
+    assert storage.exists(f"s3://{bucket}/x/_SUCCESS")
