@@ -562,6 +562,8 @@ def _take_lease(lay: RunLayout, mine: LeaseHolder, spark: Optional[SparkSession]
         holder = LeaseHolder.read(lay.lease, spark)
         if holder is None:
             continue  # released meanwhile: try again
+        if holder.run_id == mine.run_id:
+            return replaced  # a retried request whose first attempt had created it (S3 answers 412 to the retry)
         reason = holder.gone_reason()
         if reason is None:
             raise _busy(lay, holder)
@@ -883,7 +885,7 @@ def _rows_per_file(frame: DataFrame) -> Dict[str, int]:
 
 def _has_content(lay: RunLayout, spark: Optional[SparkSession]) -> bool:
     """Tell whether the folder holds anything besides the run protocol's own files."""
-    return any(name not in _PROTOCOL for name in storage.list_dir(lay.root, spark))
+    return any(name not in _PROTOCOL and not name.startswith(".") for name in storage.list_dir(lay.root, spark))
 
 
 def _vacuum(lay: RunLayout, keep: Optional[Committed], spark: Optional[SparkSession]) -> None:

@@ -26,9 +26,8 @@ for two reasons:
   requests on every call (``exists``, ``open``, ``create``; ``listFiles`` + ``binaryFile`` cost
   about five requests per file).
 
-S3 has no rename: :func:`rename` refuses S3 URIs (a "rename" there is a copy of every object then a
-delete, neither atomic nor cheap); write data under its final name and commit by writing one small
-object last.
+There is no rename here: on S3 a "rename" is a copy of every object then a delete, neither atomic nor
+cheap. Write data under its final name and commit by writing one small object last (:mod:`p8utils.runs`).
 
 Endpoint and credentials: the standard AWS configuration of the process (instance profile on EMR,
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` /
@@ -40,7 +39,6 @@ passes it to :func:`read_object`; credentials are never shipped, each node uses 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -74,7 +72,6 @@ __all__ = [
     "create_exclusive",
     "list_dir",
     "delete",
-    "rename",
     "iter_files",
     "cache_dir",
     "read_cached",
@@ -505,7 +502,8 @@ def write_bytes(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> 
 def create_exclusive(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> bool:
     """Create the file ``uri`` holding ``data`` only if it does not exist yet.
 
-    Parent folders are created. Atomic on a local filesystem (``O_EXCL``), on
+    Parent folders are created. Atomic on a local filesystem (a hard link of a
+    complete temporary file, which fails when the name exists), on
     S3 (one conditional ``PutObject`` with ``If-None-Match: *``: HTTP 412 when
     the key exists, 409 when another conditional write to it is in flight;
     both mean another writer won) and on HDFS (``FileSystem.create`` without
@@ -520,12 +518,15 @@ def create_exclusive(uri: str, data: bytes, spark: Optional[SparkSession] = None
     if is_local(uri):
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, target)  # atomic create-if-absent of the whole content: a reader never sees it half written
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        finally:
+            os.unlink(tmp)
         return True
     if is_s3(uri):
         return _s3_create_exclusive(uri, data)
@@ -580,33 +581,6 @@ def delete(uri: str, spark: Optional[SparkSession] = None) -> None:
         return
     fs, path = _hadoop_fs(spark, uri)
     fs.delete(path, True)
-
-
-def rename(src: str, dst: str, spark: Optional[SparkSession] = None) -> None:
-    """Move ``src`` to ``dst`` (``dst`` must not exist; its parent is created).
-
-    Atomic on a local filesystem and HDFS.
-
-    Raises
-    ------
-    OSError
-        ``src`` or ``dst`` is on S3: an object store has no rename (it would be a
-        copy of every object then a delete, neither atomic nor cheap).
-    """
-    if is_s3(src) or is_s3(dst):
-        raise OSError(errno.EOPNOTSUPP, f"cannot rename {src} to {dst}: S3 has no rename (a copy of every object "
-                      "then a delete, neither atomic nor cheap). Fix: write the data under its final name and "
-                      "commit by writing one small object (the manifest) last")
-    if is_local(src) and is_local(dst):
-        target = local_path(dst)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(local_path(src), target)
-        return
-    fs, src_path = _hadoop_fs(spark, src)
-    _, dst_path = _hadoop_fs(spark, dst)
-    fs.mkdirs(dst_path.getParent())
-    if not fs.rename(src_path, dst_path):
-        raise OSError(f"could not rename {src} to {dst}")
 
 
 def iter_files(uri: str, spark: Optional[SparkSession] = None) -> Iterator[str]:

@@ -41,6 +41,7 @@ _MARK_BY_NAME = {
         "test_bootstrap.py::test_spark_submit_runs_the_pipeline_through_the_bootstrap_launcher",
         "test_bootstrap.py::test_run_notebook_on_master_headless_against_a_livy_endpoint",
         "test_cli.py::test_cli_run_end_to_end",
+        "test_cli.py::test_cli_run_and_project_end_to_end_on_s3",
         "test_cluster.py",
         "test_livy.py",
         "test_notebooks.py::test_01_runs_headless_on_the_sample",

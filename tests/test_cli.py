@@ -9,11 +9,11 @@ import pytest
 
 from p8utils.cli import build_parser, main
 
-from .conftest import ROOT, image_files
+from .conftest import ROOT, S3A_JARS, image_files
 
 
-def _run(*args, timeout=600, **env_vars):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_vars)
+def _run(*args, timeout=600, base_env=None, **env_vars):
+    env = dict(os.environ if base_env is None else base_env, PYTHONPATH=str(ROOT), **env_vars)
     return subprocess.run([sys.executable, "-m", "p8utils", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
@@ -48,6 +48,35 @@ def test_cli_run_end_to_end(tmp_path, sample_dir):
     log = next(ln.split("log      -> ", 1)[1] for ln in proc.stdout.splitlines() if "log      -> " in ln)
     assert log.startswith(str(out / "logs")) and "TensorSpec" in open(log, encoding="utf-8").read(), \
         "the converter's dump went to the run's log file"
+
+
+def test_cli_run_and_project_end_to_end_on_s3(s3, sample_dir):
+    """``--input s3://… --output s3://…`` as a user runs it: Spark's connector and endpoint through
+    PYSPARK_SUBMIT_ARGS (the jars, ``spark.hadoop.fs.s3a.*``), boto3's through AWS_ENDPOINT_URL_S3."""
+    from p8utils import runs, storage
+
+    files = image_files(sample_dir)
+    bucket = s3.bucket()
+    s3.upload(sample_dir, f"s3://{bucket}/fruits", [f for i, f in enumerate(files) if i % 4])  # 60, every class
+    s3.upload(sample_dir, f"s3://{bucket}/new", files[::4])
+    env = s3.subprocess_env(S3A_JARS)
+    out, projected = f"s3://{bucket}/runs/x", f"s3://{bucket}/runs/x-new"
+    proc = _run("run", "--input", f"s3://{bucket}/fruits", "--output", out, "--weights", "offline", "--k", "3",
+                "--master", "local[2]", "--no-explorer", base_env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"manifest -> {out}/manifest.json" in proc.stdout
+    m = runs.read_manifest(out)
+    assert m["counts"]["total"] == m["counts"]["ok"] == 60 and m["parameters"]["reader"] in ("auto", "python")
+    for table in ("features", "pca"):  # the output holds exactly the files the manifest names
+        named = {f["name"] for f in m["files"][table]}
+        assert {n for n in storage.list_dir(f"{out}/{table}") if n.startswith("part-")} == named
+    assert sorted(storage.list_dir(out)) == ["features", "logs", "manifest.json", "pca"]
+    proc = _run("project", "--run", out, "--input", f"s3://{bucket}/new", "--output", projected,
+                "--master", "local[2]", "--no-explorer", base_env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p = runs.read_manifest(projected)
+    assert p["counts"]["total"] == len(files) - 60 and p["projection"]["run_id"] == m["run_id"]
+    assert p["projection"]["known_class_rows"] == len(files) - 60 and p["projection"]["classes"] == 8
 
 
 @pytest.mark.parametrize("args,match", [

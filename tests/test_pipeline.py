@@ -204,3 +204,39 @@ def test_project_held_out_images_and_refuse_other_weights(spark, sample_dir, tmp
     with pytest.raises(ParameterError, match="sha256=.*Fix: pass the weights the run used"):
         pipeline.project(run.output, str(held), str(tmp_path / "proj2"), weights="offline", seed=3, spark=spark)
     assert not (tmp_path / "proj2" / "manifest.json").exists()
+
+
+# --------------------------------------------------------------------------- S3: what a run costs in requests
+
+
+def _run_on_s3(s3, spark, sample_dir, n):
+    """Run the pipeline S3 -> S3 on the first ``n`` sample photos; the requests it made, by operation and key."""
+    from .conftest import image_files
+
+    bucket = s3.bucket()
+    s3.upload(sample_dir, f"s3://{bucket}/in", image_files(sample_dir)[:n])
+    mark = s3.mark()
+    result = pipeline.run(f"s3://{bucket}/in", f"s3://{bucket}/out", weights="offline", k=3, spark=spark,
+                          images_per_partition=64)
+    return result, s3.requests(mark)
+
+
+def test_s3_run_costs_one_get_per_photo_and_a_fixed_number_besides(s3_spark, s3, sample_dir):
+    """The request count of a run on S3 (a regression test): per photo its GET, plus what listing costs, plus a
+    number per run that does not grow with the photos; no COPY of data files by the run's commit."""
+    from collections import Counter
+
+    costs = {}
+    for n in (40, 80):
+        result, requests = _run_on_s3(s3, s3_spark, sample_dir, n)
+        assert result.manifest["counts"]["total"] == n == result.manifest["counts"]["ok"]
+        on_input = [r for r in requests if "/in/" in r["path"] and r["op"] != "ListObjectsV2"]
+        assert Counter(r["op"] for r in on_input) == {"GetObject": n}, "one GET per photo, no HEAD"
+        assert len({r["path"] for r in on_input}) == n
+        costs[n] = Counter(r["op"] for r in requests)
+        copies = [r["headers"].get("x-amz-copy-source", "") for r in requests if r["op"] == "CopyObject"]
+        assert all("/_temporary/" in c for c in copies), f"only Spark's write renames its task files: {copies}"
+    assert costs[80]["ListObjectsV2"] == costs[40]["ListObjectsV2"], "listing 80 keys costs what 40 do"
+    grown = sum(costs[80].values()) - sum(costs[40].values())
+    assert grown <= 40 * 2, (grown, costs)
+    assert sum(costs[80].values()) <= 2 * 80 + 400, costs  # measured 2026-12-02: 443 (125 GET, 152 HEAD, 103 LIST)

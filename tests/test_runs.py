@@ -165,10 +165,13 @@ def _contend(out: str, barrier, results) -> None:  # pragma: no cover - runs in 
         results.put("busy")
 
 
-def test_simultaneous_runs_exactly_one_wins(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_simultaneous_runs_exactly_one_wins(tmp_path, request, where):
+    """Six runs start at once: exactly one takes the lease (O_EXCL; on S3 a conditional PutObject)."""
     ctx = multiprocessing.get_context("fork")
+    bucket = request.getfixturevalue("s3").bucket() if where == "s3" else None
     for attempt in range(3):
-        out = str(tmp_path / f"out{attempt}")
+        out = str(tmp_path / f"out{attempt}") if bucket is None else f"s3://{bucket}/out{attempt}"
         barrier, results = ctx.Barrier(6), ctx.Queue()
         procs = [ctx.Process(target=_contend, args=(out, barrier, results)) for _ in range(6)]
         for p in procs:
@@ -285,6 +288,16 @@ def test_row_check_counts_are_the_manifest_counts(spark, tmp_path):
 # --------------------------------------------------------------------------- commit: the manifest names the files
 
 
+@pytest.fixture(params=["local", "s3"])
+def target(request, tmp_path):
+    """Where a test's output goes: a local folder, or a fresh bucket of the S3 emulator; and the Spark session."""
+    if request.param == "local":
+        return str(tmp_path / "out"), request.getfixturevalue("spark")
+    s3 = request.getfixturevalue("s3")
+    spark = request.getfixturevalue("s3_spark")
+    return f"s3://{s3.bucket()}/runs/out", spark
+
+
 def _commit_tiny_run(spark, out: str, tag: str, n: int = 6, mode: str = "overwrite") -> dict:
     """A run of ``n`` rows labelled ``tag`` through the protocol: write, check, PCA, commit; its manifest."""
     rows = [(f"{tag}/{i}.jpg", tag, None) for i in range(n)]
@@ -300,29 +313,36 @@ def _tags(spark, out: str) -> set:
     return {r["label"] for r in runs.read_features(out, spark).select("label").distinct().collect()}
 
 
-def test_commit_names_the_files_and_deletes_what_it_no_longer_names(spark, tmp_path):
-    out = str(tmp_path / "out")
+def _names(folder: str) -> set:
+    """The data files of a folder (no checksums, no hidden names), local or S3."""
+    from p8utils import storage
+
+    return {n for n in storage.list_dir(folder) if not n.startswith(".")}
+
+
+def test_commit_names_the_files_and_deletes_what_it_no_longer_names(target):
+    out, spark = target
     first = _commit_tiny_run(spark, out, "old")
     second = _commit_tiny_run(spark, out, "new", n=5)
     assert second["tag"] == "new" and _tags(spark, out) == {"new"}
     named = {t: {f["name"] for f in second["files"][t]} for t in ("features", "pca")}
     assert sum(f["rows"] for f in second["files"]["features"]) == 5 == runs.read_pca(out, spark).count()
-    assert {p.name for p in (tmp_path / "out" / "features").glob("part-*")} == named["features"]
+    assert _names(out + "/features") == named["features"]
     assert not named["features"] & {f["name"] for f in first["files"]["features"]}, "a name reused"
-    assert {p.name for p in (tmp_path / "out" / "pca").iterdir() if not p.name.startswith(".")} == named["pca"] | {
-        second["files"]["pca_model"], second["files"]["pca_moments"]}
+    assert _names(out + "/pca") == named["pca"] | {second["files"]["pca_model"], second["files"]["pca_moments"]}
     assert runs.read_pca_file(out, "model")[1] == b"model new"
     assert spark.read.parquet(out + "/features").count() == 5, "a plain read equals the committed table"
+    assert _names(out) == {"features", "manifest.json", "pca"}
 
 
-@pytest.mark.parametrize("fail_at", [0, 1, 2, 5, 9, 14, 99])  # 99: past the last of the commit's ~16 calls
-def test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table(spark, tmp_path, monkeypatch, fail_at):
-    """Kill the commit before each of its storage writes and deletes: a reader sees one whole table."""
+@pytest.mark.parametrize("fail_at", [0, 1, 3, 6, 99])  # 99: past the last of the commit's storage calls
+def test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table(target, monkeypatch, fail_at):
+    """Kill the commit before one of its storage writes and deletes: a reader sees one whole table."""
     from p8utils import storage
 
-    out = str(tmp_path / "out")
+    out, spark = target
     _commit_tiny_run(spark, out, "old")
-    calls = {"n": 0}
+    calls = {"n": 0, "armed": False}
 
     class Killed(BaseException):
         pass
@@ -336,7 +356,6 @@ def test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table(spark, tmp_p
             return real(*args, **kwargs)
         return call
 
-    calls["armed"] = False
     for name in ("write_bytes", "delete"):
         monkeypatch.setattr(storage, name, dying(getattr(storage, name)))
     original_commit = runs.ActiveRun.commit
@@ -356,17 +375,19 @@ def test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table(spark, tmp_p
     calls["armed"] = False
     monkeypatch.undo()
     tags = _tags(spark, out)
-    assert tags in ({"old"}, {"new"}), tags
+    assert tags == ({"old"} if fail_at == 0 else {"new"}), "the manifest write is the commit"
     assert runs.read_features(out, spark).count() == (6 if tags == {"old"} else 5)
-    assert finished == (fail_at == 99) and tags == ({"old"} if fail_at == 0 else {"new"})
+    assert finished == (calls["n"] <= fail_at) and (finished or calls["n"] == fail_at + 1)
+    assert finished or fail_at < 99
     if finished:
         return
     # the next run takes the dead run's lease over and deletes what no manifest names
-    lease = Path(out) / "_lease.json"
-    lease.write_bytes(runs.LeaseHolder(**{**json.loads(lease.read_text()), "pid": _dead_pid(),
-                                          "pid_start": None}).to_bytes())
+    from p8utils import storage
+
+    lease = out + "/_lease.json"
+    storage.write_bytes(lease, runs.LeaseHolder(**{**json.loads(storage.read_bytes(lease)), "pid": _dead_pid(),
+                                                   "pid_start": None}).to_bytes())
     third = _commit_tiny_run(spark, out, "third", n=4)
     assert _tags(spark, out) == {"third"}
-    named = {f["name"] for f in third["files"]["features"]}
-    assert {p.name for p in (Path(out) / "features").glob("part-*")} == named
-    assert sorted(p.name for p in Path(out).iterdir()) == ["features", "manifest.json", "pca"]
+    assert _names(out + "/features") == {f["name"] for f in third["files"]["features"]}
+    assert _names(out) == {"features", "manifest.json", "pca"}

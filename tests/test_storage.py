@@ -23,8 +23,6 @@ def test_local_roundtrip(tmp_path):
     storage.write_bytes(f, b"hello")
     assert storage.read_bytes(f) == b"hello" and storage.exists(f)
     assert list(storage.iter_files(str(tmp_path))) == [f]
-    storage.rename(f, f + ".2")
-    assert storage.read_bytes(f + ".2") == b"hello"
     storage.delete(str(tmp_path / "deep"))
     assert not storage.exists(str(tmp_path / "deep"))
     storage.delete(str(tmp_path / "absent"))  # no error
@@ -40,8 +38,6 @@ def test_hadoop_filesystem_branch(spark, tmp_path, monkeypatch):
     assert (tmp_path / "deep" / "m.json").read_bytes() == b"\x00\x01hello"
     assert storage.read_bytes(f, spark) == b"\x00\x01hello" and storage.exists(f, spark)
     assert [u.replace("file:", "") for u in storage.iter_files(base, spark)] == [str(tmp_path / "deep" / "m.json")]
-    storage.rename(f, f + ".2", spark)
-    assert storage.read_bytes(f + ".2", spark) == b"\x00\x01hello"
     storage.delete(base + "/deep", spark)
     assert not (tmp_path / "deep").exists()
 
@@ -175,13 +171,6 @@ def test_s3_create_exclusive_race_has_exactly_one_winner(s3):
         winners = [i for i, ok in won.items() if ok]
         assert len(won) == 8 and len(winners) == 1, won
         assert storage.read_bytes(lease) == f"writer {winners[0]}".encode()
-
-
-def test_s3_rename_is_refused(s3):
-    with pytest.raises(OSError, match="S3 has no rename"):
-        storage.rename("s3://b/x", "s3://b/y")
-    with pytest.raises(OSError, match="S3 has no rename"):
-        storage.rename("/tmp/x", "s3://b/y")
 
 
 def test_spark_reads_and_writes_s3_through_the_s3a_connector(s3_spark, s3):
