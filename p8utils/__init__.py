@@ -19,11 +19,24 @@ notebook    Presentation (notebook extras): paths, samples, summaries, plots, fi
 cli         ``python -m p8utils run|project|check`` (also through ``spark-submit``).
 
 Heavy dependencies (pyspark, tensorflow) are imported by the modules that need
-them, not here, so ``import p8utils`` is cheap.
+them, not here, so ``import p8utils`` is cheap. ``p8utils.read_features(run, spark)``
+and ``p8utils.read_pca(run, spark)`` read a run's committed tables (the files its
+manifest names).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "read_features", "read_pca"]
+
+
+def __getattr__(name: str) -> Any:
+    """``p8utils.read_features`` / ``read_pca``: the readers of a run's committed tables (:mod:`p8utils.runs`)."""
+    if name in ("read_features", "read_pca"):
+        from p8utils import runs
+
+        return getattr(runs, name)
+    raise AttributeError(f"module 'p8utils' has no attribute {name!r}")

@@ -162,7 +162,7 @@ def project(
     ----------
     run_folder : str
         A complete run (local or URI) written by this version of p8utils (it
-        keeps its PCA fit in ``pca/_model.npz``).
+        keeps its PCA fit in ``pca/_model-<run id>.npz``, named by its manifest).
     input, output : str
         The new images (folder or URI) and where to write their projection (a
         run folder of its own: same protocol, lease and row check).
@@ -310,7 +310,7 @@ def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: r
     """Fit the PCA on the whole table the run commits.
 
     An incremental run that keeps most committed rows refits from moments:
-    those of the previous table (``pca/_moments.npz``), minus those of the
+    those of the previous table (``pca/_moments-<run id>.npz``), minus those of the
     rows leaving, plus those of the rows staged, so it reads only the rows
     that changed. The result is the fit of every row (up to rounding); it is
     used only when its row count equals the check's. Otherwise every row is
