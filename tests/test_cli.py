@@ -107,3 +107,19 @@ def test_check_command(sample_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["width"] == 1280 and out["norm"] > 1.0 and out["error"] is None
+
+
+def test_cli_incremental_over_a_damaged_manifest_exits_2_and_keeps_every_row(tmp_path, sample_dir, capsys):
+    """Before: a raw JSONDecodeError (exit 1, 34 lines). Now exit 2 naming the file; nothing is dropped."""
+    run = tmp_path / "run"
+    (run / "features").mkdir(parents=True)
+    (run / "features" / "part-0.parquet").write_bytes(b"committed rows")
+    (run / "manifest.json").write_text('{"status": "complete", "files": {"feat')  # truncated
+    code = main(["run", "--input", str(sample_dir), "--output", str(run), "--weights", "offline",
+                 "--mode", "incremental", "--no-explorer"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2, err
+    assert err[0].startswith("p8utils: error: ") and "manifest.json is damaged" in err[0], err
+    assert "mode='overwrite'" in " ".join(err)
+    assert (run / "features" / "part-0.parquet").read_bytes() == b"committed rows"
+    assert sorted(p.name for p in run.iterdir()) == ["features", "manifest.json"], "no lease, no scratch left"
