@@ -22,7 +22,12 @@
 #   --s3-prefix URI          S3 folder for artefacts and logs (required), e.g. s3://my-bucket/p8
 #   --name NAME              cluster name [p8utils]
 #   --release-label LABEL    EMR release [emr-7.13.0] (must be emr-7.x: Spark 3.5, Amazon Linux 2023)
-#   --region REGION          AWS region [the aws CLI's default]
+#   --region REGION          AWS region of the cluster [the aws CLI's default: AWS_REGION,
+#                            AWS_DEFAULT_REGION, then the profile's]; it must be the region of the
+#                            --s3-prefix bucket (read with s3api get-bucket-location before anything
+#                            is uploaded), so that data stays where it is kept (data residency)
+#   --allow-cross-region     create the cluster even if its region is not its bucket's (data then
+#                            leaves the bucket's region: transfer costs, and GDPR residency for EU data)
 #   --master-type TYPE       primary node instance type [m5.xlarge]
 #   --core-type TYPE         core node instance type [m5.2xlarge]
 #   --core-count N           number of core nodes [2]
@@ -114,7 +119,7 @@ KEY_NAME="" SUBNET_ID="" LOG_URI="" SERVICE_ROLE="" LEGACY_ROLES=0 INSTANCE_PROF
 IDLE_TIMEOUT=3600 ROOT_GB="" WEIGHTS=() WHEEL="" BUILD_PY="" CLUSTER_PY=auto PIP_INDEX=""
 WHEELHOUSE=0 WHEELHOUSE_PY="" CONFIGURATIONS=$HERE/configurations.json DEPLOY_ID="" NOTEBOOK_BUCKET="" STUDIO=0
 RUN_PIPELINE=0 RUN_NOTEBOOK=0 INPUT="" OUTPUT="" PIPELINE_ARGS=() NOTEBOOK=$REPO/notebooks/02_emr_full_run.ipynb
-AUTO_TERMINATE=0 DRY_RUN=0
+AUTO_TERMINATE=0 DRY_RUN=0 ALLOW_CROSS_REGION=0
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "option $1 needs a value (see --help)"; }
 while [[ $# -gt 0 ]]; do
@@ -123,6 +128,7 @@ while [[ $# -gt 0 ]]; do
         --name) need_value "$@"; NAME=$2; shift 2 ;;
         --release-label) need_value "$@"; RELEASE=$2; shift 2 ;;
         --region) need_value "$@"; REGION=$2; shift 2 ;;
+        --allow-cross-region) ALLOW_CROSS_REGION=1; shift ;;
         --master-type) need_value "$@"; MASTER_TYPE=$2; shift 2 ;;
         --core-type) need_value "$@"; CORE_TYPE=$2; shift 2 ;;
         --core-count) need_value "$@"; CORE_COUNT=$2; shift 2 ;;
@@ -220,6 +226,30 @@ run() {
 }
 region_args=()
 [[ -z $REGION ]] || region_args=(--region "$REGION")
+
+# ---- data residency: the cluster runs in its bucket's region (before anything is built or uploaded) ----
+BUCKET=${S3_PREFIX#s3://} BUCKET=${BUCKET%%/*}
+if [[ $DRY_RUN == 1 ]]; then
+    [[ $ALLOW_CROSS_REGION == 1 ]] ||
+        note "--dry-run: not checking that s3://$BUCKET is in the cluster's region (a real run does)"
+else
+    cluster_region=${REGION:-${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region 2>/dev/null || true)}}}
+    [[ -n $cluster_region ]] || die "no AWS region: give --region (the region of s3://$BUCKET)"
+    if bucket_region=$(aws s3api get-bucket-location --bucket "$BUCKET" --query LocationConstraint \
+        --output text "${region_args[@]}"); then
+        # GetBucketLocation: no LocationConstraint (null) is us-east-1, the legacy EU is eu-west-1
+        case "$bucket_region" in "" | None | null) bucket_region=us-east-1 ;; EU) bucket_region=eu-west-1 ;; esac
+        if [[ $bucket_region != "$cluster_region" ]]; then
+            [[ $ALLOW_CROSS_REGION == 1 ]] ||
+                die "the cluster's region is $cluster_region but s3://$BUCKET is in $bucket_region: give --region $bucket_region (data stays in its region; see 'Data residency' in bootstrap/README.md), or --allow-cross-region"
+            note "cross-region: cluster in $cluster_region, s3://$BUCKET in $bucket_region (--allow-cross-region)"
+        fi
+    elif [[ $ALLOW_CROSS_REGION == 1 ]]; then
+        note "could not read the region of s3://$BUCKET; not checked (--allow-cross-region)"
+    else
+        die "could not read the region of s3://$BUCKET (aws s3api get-bucket-location, s3:GetBucketLocation; see above): it must be the cluster's ($cluster_region); --allow-cross-region skips the check"
+    fi
+fi
 
 # ---- 1. the wheel ------------------------------------------------------------------------------
 if [[ -n $WHEEL ]]; then

@@ -59,24 +59,28 @@
 # executes the notebook headless with papermill and the sparkmagic `pysparkkernel` inside the
 # jupyterhub container. The studio engine instead asks EMR to run the notebook (StartNotebookExecution):
 # NotebookParams fill the notebook's `parameters` cell like papermill's -p; the executed notebook goes
-# to OUTPUT/notebooks/.
+# to OUTPUT/notebooks/ as HTML (OutputNotebookFormat's one value in EMR's API), not as an .ipynb.
 #
 # Session size (session-config): sparkmagic reads %%configure literally, so the size is written into
 # the notebook's cell before the run (the runner does it on the node; studio uploads a rewritten copy
 # to OUTPUT/notebooks/). The arithmetic, per core node (EMR runs no YARN containers on the primary):
 #   Y = yarn.nodemanager.resource.memory-mb, EMR's default for the instance's RAM (16 GiB: 12288,
 #       32 GiB: 24576, 64 GiB: 57344, 128 GiB: 122880; --yarn-memory-mb for other types), V = vCPUs;
-#   c = executor cores, e = executors per node: the most task slots c x e <= V (c <= 4) that fit, below;
-#   D = driver container = 2g heap + 2g overhead = 4096 MB (Livy on the kit's clusters runs the driver
-#       in YARN, livy.spark.deploy-mode=cluster; its Python builds the model/TFLite payload);
-#   S = executor container = (Y - D) / e, rounded down to 1 GiB, so that the node that also holds the
-#       driver fits e executors;
+#   H = 1 GiB of headroom per node (NodeManager, OS); U = Y - H;
+#   D = driver container = 2g heap + 2g overhead = 4096 MB and 1 vCPU (Livy on the kit's clusters runs the
+#       driver in YARN, livy.spark.deploy-mode=cluster; its Python builds the model/TFLite payload);
+#   c = executor cores (<= 4), S = executor container, rounded down to 1 GiB;
 #   O = executor memoryOverhead = c x 1.5 GiB (one Python worker per core, TensorFlow + a batch of 64:
 #       about 1.5 GB RSS measured), rounded up to 1 GiB; heap = S - O (at least 1 GiB);
-#   numExecutors = e x core nodes. On m and r types every vCPU gets a slot with c = 4; memory-poor types
-#   (c family: 2 GiB per vCPU) get fewer slots or smaller executors.
-# Default cluster (2 x m5.2xlarge: 8 vCPU, 32 GiB, Y = 24576): c = 4, e = 2, S = 10240, O = 6144,
-# heap 4g, 4 executors; driver node 4096 + 2 x 10240 = 24576, other node 20480.
+#   a node without the driver holds e = min(U / S, V / c) executors, the node with the driver
+#   min((U - D) / S, (V - 1) / c): never more memory than U, never more vCPUs than V;
+#   numExecutors = e x (core nodes - 1) + the driver node's. The shape with the most task slots c x e on
+#   a node without the driver wins (ties: larger executors, then more slots in all, then a larger heap);
+#   on m and r types every vCPU of those nodes gets a slot with c = 4; memory-poor types (c family:
+#   2 GiB per vCPU) get fewer slots or smaller executors.
+# Default cluster (2 x m5.2xlarge: 8 vCPU, 32 GiB, Y = 24576, U = 23552): c = 4, S = 11264, O = 6144,
+# heap 5g; the other node holds 2 executors (22528 MB, 8 vCPUs), the driver's node 1 (4096 + 11264 =
+# 15360 MB, 1 + 4 vCPUs): 3 executors, 12 task slots.
 set -Eeuo pipefail
 
 die() {
@@ -201,8 +205,8 @@ instance_shape() {
     esac
     printf '%s %s\n' "$vcpus" "$((vcpus * gib_per_vcpu))"
 }
-size_executors() { # TYPE COUNT [YARN_MB] [VCPUS] -> sets cores, per_node, overhead, heap (MB), count
-    local type=$1 yarn=${3:-} vcpus=${4:-} shape gib driver=4096
+size_executors() { # TYPE COUNT [YARN_MB] [VCPUS] -> sets cores, executors, overhead, heap (MB)
+    local type=$1 yarn=${3:-} vcpus=${4:-} shape gib driver=4096 driver_cores=1 headroom=1024
     count=$2
     [[ $count =~ ^[1-9][0-9]*$ ]] || die "--core-count must be a positive whole number, got '$count'"
     if [[ -z $yarn || -z $vcpus ]]; then
@@ -216,36 +220,49 @@ size_executors() { # TYPE COUNT [YARN_MB] [VCPUS] -> sets cores, per_node, overh
         fi
     fi
     [[ $yarn =~ ^[0-9]+$ && $vcpus =~ ^[1-9][0-9]*$ ]] || die "--yarn-memory-mb and --vcpus must be whole numbers"
-    # The most task slots (executor cores per node) whose executors fit; ties: the larger heap. On m and r
-    # types that is c = 4 and e = V / 4; memory-poor types (c family) get fewer or smaller executors.
-    local c e s o h best=0 best_heap=0
+    # U = Y - 1 GiB of headroom per node. Executors of c cores and S MB: a node without the driver holds
+    # min(U / S, V / c) of them, the node with the driver min((U - D) / S, (V - 1) / c) (its vCPU counted).
+    # S is U / e or (U - D) / e (e executors per node), rounded down to 1 GiB. The most task slots on a node
+    # without the driver wins (with one core node: on the driver's node); ties: the larger executors, then the
+    # most slots in all, then the larger heap. On m and r types that is c = 4, e = V / 4, one executor less on
+    # the driver's node; c types get fewer or smaller executors.
+    local usable=$((yarn - headroom)) c e s o h full drv n key best=0 best_total=0 best_heap=0
     cores=0
-    for c in 4 3 2 1; do
-        ((c <= vcpus)) || continue
-        o=$(((c * 1536 + 1023) / 1024 * 1024))
-        for ((e = vcpus / c; e >= 1; e--)); do
-            s=$(((yarn - driver) / e / 1024 * 1024))
-            h=$((s - o))
-            if ((h >= 1024)); then
-                if ((c * e > best || (c * e == best && h > best_heap))); then
-                    best=$((c * e)) best_heap=$h cores=$c per_node=$e overhead=$o heap=$h
-                fi
-                break
-            fi
+    if ((usable > driver)); then
+        for c in 4 3 2 1; do
+            ((c <= vcpus)) || continue
+            o=$(((c * 1536 + 1023) / 1024 * 1024))
+            for ((e = vcpus / c; e >= 1; e--)); do
+                for s in $((usable / e / 1024 * 1024)) $(((usable - driver) / e / 1024 * 1024)); do
+                    h=$((s - o))
+                    ((h >= 1024)) || continue
+                    full=$((usable / s)) drv=$(((usable - driver) / s))
+                    ((full <= vcpus / c)) || full=$((vcpus / c))
+                    ((drv <= (vcpus - driver_cores) / c)) || drv=$(((vcpus - driver_cores) / c))
+                    n=$((full * (count - 1) + drv))
+                    ((n >= 1)) || continue
+                    key=$((count > 1 ? c * full : c * drv))
+                    if ((key > best || (key == best && c == cores && (c * n > best_total ||
+                        (c * n == best_total && h > best_heap))))); then
+                        best=$key best_total=$((c * n)) best_heap=$h cores=$c
+                        executors=$n overhead=$o heap=$h
+                    fi
+                done
+            done
         done
-    done
+    fi
     ((cores > 0)) ||
-        die "core nodes of ${yarn} MB YARN memory are too small for an executor with 1.5 GB per core for TensorFlow and 1 GB of heap (and a ${driver} MB driver): use bigger core nodes or --session-config"
+        die "core nodes of ${yarn} MB YARN memory are too small for an executor with 1.5 GB per core for TensorFlow and 1 GB of heap (and a ${driver} MB driver, ${headroom} MB of headroom per node): use bigger core nodes or --session-config"
 }
 session_config() { # TYPE COUNT [YARN_MB] [VCPUS] -> the %%configure JSON on stdout
-    local cores per_node overhead heap count
+    local cores executors overhead heap count
     size_executors "$@"
     printf '{"driverMemory":"2g","driverCores":1,"executorMemory":"%dg","executorCores":%d,"numExecutors":%d,' \
-        $((heap / 1024)) "$cores" $((per_node * count))
+        $((heap / 1024)) "$cores" "$executors"
     printf '"conf":{"spark.driver.memoryOverhead":"2g","spark.executor.memoryOverhead":"%dg",' $((overhead / 1024))
     printf '"spark.dynamicAllocation.enabled":"false","spark.sql.execution.arrow.pyspark.enabled":"true",'
     printf '"spark.sql.execution.arrow.maxRecordsPerBatch":"256","spark.python.worker.reuse":"true",'
-    printf '"spark.sql.shuffle.partitions":"%d","spark.sql.session.timeZone":"UTC",' $((2 * per_node * count * cores))
+    printf '"spark.sql.shuffle.partitions":"%d","spark.sql.session.timeZone":"UTC",' $((2 * executors * cores))
     printf '"spark.executorEnv.TF_CPP_MIN_LOG_LEVEL":"2"}}\n'
 }
 sizing_asked() { [[ -n $CORE_TYPE || -n $CORE_COUNT || -n $YARN_MB || -n $VCPUS ]]; }
@@ -348,7 +365,7 @@ if [[ $KIND == notebook && $ENGINE == studio ]]; then
         --service-role "$STUDIO_ROLE"
         --notebook-s3-location "$(s3_location "$source_nb")"
         --output-notebook-s3-location "$(s3_location "$out")"
-        --output-notebook-format IPYNB
+        --output-notebook-format HTML
         --notebook-params "$params"
         --notebook-execution-name "$NAME"
         --tags Key=project,Value=p8utils Key=for-use-with-amazon-emr-managed-policies,Value=true

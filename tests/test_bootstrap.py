@@ -545,6 +545,7 @@ def test_bootstrap_emr_mode_checks_the_operating_system(tmp_path, fake_wheel):
 # EMR's default yarn.nodemanager.resource.memory-mb by RAM (Release Guide, "Task configuration").
 YARN_MB = {"m5.xlarge": 12288, "m5.2xlarge": 24576, "m5.4xlarge": 57344, "r5.2xlarge": 57344, "c5.4xlarge": 24576}
 VCPUS = {"m5.xlarge": 4, "m5.2xlarge": 8, "m5.4xlarge": 16, "r5.2xlarge": 8, "c5.4xlarge": 16}
+HEADROOM_MB = 1024  # YARN memory left free on every core node
 
 
 def _mb(size: str) -> int:
@@ -556,18 +557,27 @@ def _mb(size: str) -> int:
 @pytest.mark.parametrize("core_type, count", [DEFAULT_CORE, ("m5.xlarge", 3), ("m5.4xlarge", 2), ("r5.2xlarge", 4),
                                               ("c5.4xlarge", 2)])
 def test_session_fits_the_core_nodes(core_type, count):
-    """The driver (cluster mode: a YARN container) and every executor fit in the core nodes' YARN memory, every
-    vCPU gets a task slot, and each task slot has 1.5 GiB outside the JVM heap for its TensorFlow Python worker."""
+    """The driver (cluster mode: a YARN container, 1 vCPU) and the executors fit in the core nodes with 1 GiB of
+    YARN memory to spare on every node and never more vCPUs than a node has; every vCPU of a node without the
+    driver gets a task slot; each task slot has 1.5 GiB outside the JVM heap for its TensorFlow Python worker.
+    (Was: 24576 MB of 24576 and 9 vCPUs of 8 on the node holding the driver of the default cluster.)"""
     session = _session_config("--core-type", core_type, "--core-count", str(count))
     conf = session["conf"]
     driver = _mb(session["driverMemory"]) + _mb(conf["spark.driver.memoryOverhead"])
     executor = _mb(session["executorMemory"]) + _mb(conf["spark.executor.memoryOverhead"])
-    cores, per_node = session["executorCores"], session["numExecutors"] // count
-    assert session["numExecutors"] == per_node * count
-    assert per_node * cores <= VCPUS[core_type]
+    cores, vcpus, usable = session["executorCores"], VCPUS[core_type], YARN_MB[core_type] - HEADROOM_MB
+    # executors per node by memory alone (what YARN's default, memory-only, calculator places) and by vCPUs
+    by_memory, on_driver_by_memory = usable // executor, (usable - driver) // executor
+    per_node = min(by_memory, vcpus // cores)
+    on_driver = min(on_driver_by_memory, (vcpus - session["driverCores"]) // cores)
+    assert per_node >= 1 and on_driver >= 0
+    assert session["numExecutors"] == per_node * (count - 1) + on_driver, "the executors that fit, no more"
+    # whatever YARN places by memory alone, no node is asked for more vCPUs than it has
+    assert by_memory * cores <= vcpus
+    assert session["driverCores"] + on_driver_by_memory * cores <= vcpus
+    assert driver + on_driver * executor <= usable, "the node holding the driver keeps 1 GiB of headroom"
     if not core_type.startswith("c"):
-        assert per_node * cores == VCPUS[core_type], "one task slot per vCPU (c types lack the memory)"
-    assert driver + per_node * executor <= YARN_MB[core_type], "the node holding the driver must fit its executors"
+        assert per_node * cores == vcpus, "one task slot per vCPU (c types lack the memory)"
     assert _mb(conf["spark.executor.memoryOverhead"]) >= cores * 1536, "Python + TensorFlow per task slot"
     assert _mb(session["executorMemory"]) >= 1024 and _mb(session["driverMemory"]) >= 2048
     assert conf["spark.dynamicAllocation.enabled"] == "false", "a fixed session: executors keep their models"
@@ -577,9 +587,10 @@ def test_session_fits_the_core_nodes(core_type, count):
 def test_default_session_is_the_documented_arithmetic():
     session = _session_config()
     assert session == _session_config("--core-type", DEFAULT_CORE[0], "--core-count", str(DEFAULT_CORE[1]))
-    # 2 x m5.2xlarge, 24576 MB YARN each: driver 2g + 2g; 2 executors per node of 4 cores, 4g heap + 6g overhead
+    # 2 x m5.2xlarge, 24576 MB YARN each, 23552 usable: driver 2g + 2g (1 vCPU); executors of 4 cores, 5g heap +
+    # 6g overhead: 2 on the other node (22528 MB, 8 vCPUs), 1 beside the driver (15360 MB, 5 vCPUs)
     assert (session["driverMemory"], session["executorMemory"], session["executorCores"], session["numExecutors"]) == \
-        ("2g", "4g", 4, 4)
+        ("2g", "5g", 4, 3)
     assert session["conf"]["spark.executor.memoryOverhead"] == "6g"
     create = (BOOT / "create_cluster.sh").read_text()
     assert f"CORE_TYPE={DEFAULT_CORE[0]} CORE_COUNT={DEFAULT_CORE[1]}" in create, "the kit's default cluster"
@@ -608,12 +619,12 @@ def test_notebook_02_has_the_parameters_the_kit_passes():
 
 
 def test_session_sizing_refuses_what_does_not_fit():
-    res = _run([BOOT / "run_step.sh", "session-config", "--core-type", "c5.xlarge"])
+    res = _run([BOOT / "run_step.sh", "session-config", "--core-type", "c5.xlarge", "--core-count", "1"])
     assert res.returncode != 0 and "too small" in res.stderr
     res = _run([BOOT / "run_step.sh", "session-config", "--core-type", "x2idn.16xlarge"])
     assert res.returncode != 0 and "--yarn-memory-mb" in res.stderr
-    session = _session_config("--yarn-memory-mb", "57344", "--vcpus", "8", "--core-count", "1")
-    assert session["numExecutors"] == 2 and session["executorCores"] == 4
+    session = _session_config("--yarn-memory-mb", "57344", "--vcpus", "8", "--core-count", "2")
+    assert session["numExecutors"] == 3 and session["executorCores"] == 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -799,13 +810,13 @@ def test_run_step_pipeline_and_notebook_steps(tmp_path):
     (cmd,) = _commands(res.stdout)
     assert cmd[:3] == ["aws", "emr", "add-steps"] and _option(cmd, "--cluster-id") == ["j-ABC"]
     (step,) = json.loads(_option(cmd, "--steps")[0])
-    # executors shaped like the notebook session of the default cluster (4 cores, 4g heap + 6g overhead),
+    # executors shaped like the notebook session of the default cluster (4 cores, 5g heap + 6g overhead),
     # then the user's --spark-conf (later --conf wins)
     session = _session_config()
     assert (session["executorCores"], session["executorMemory"], session["conf"]["spark.executor.memoryOverhead"]) \
-        == (4, "4g", "6g")
+        == (4, "5g", "6g")
     assert step["Args"] == ["spark-submit", "--deploy-mode", "cluster", "--conf", "spark.executor.cores=4",
-                            "--conf", "spark.executor.memory=4g", "--conf", "spark.executor.memoryOverhead=6g",
+                            "--conf", "spark.executor.memory=5g", "--conf", "spark.executor.memoryOverhead=6g",
                             "--conf", "spark.executor.cores=4",
                             "/opt/p8utils/p8utils_main.py", "run", "--input", INPUT, "--output", OUTPUT,
                             "--mode", "overwrite"]
@@ -855,12 +866,22 @@ def test_run_step_studio_engine_dry_run(tmp_path):
     assert json.loads(_option(start, "--notebook-params")[0]) == {
         "input": INPUT, "output": OUTPUT, "batch_size": 64, "k": None, "mode": "overwrite"}
     assert _option(start, "--service-role") == ["EMR_Notebooks_DefaultRole"]
+    # the one value EMR's API accepts (botocore's emr service-2.json, OutputNotebookFormat: HTML)
+    (output_format,) = _option(start, "--output-notebook-format")
+    assert output_format in _emr_input_member("StartNotebookExecution", "OutputNotebookFormat").enum
     assert status[:3] == ["aws", "emr", "describe-notebook-execution"]
     for args, message in [(["--runner", "s3://b/r.sh"], "--runner belongs"), (["--print-json"], "runs no step")]:
         res = _run([BOOT / "run_step.sh", "notebook", "--engine", "studio", "--cluster-id", "j-ABC", "--dry-run",
                     "--notebook", "s3://b/n.ipynb", "--input", INPUT, "--output", OUTPUT, *args],
                    env=_no_aws_env(tmp_path))
         assert res.returncode != 0 and message in res.stderr
+
+
+def _emr_input_member(operation: str, member: str):
+    """A member shape of an EMR operation's input, from botocore's service model (the API's own definition)."""
+    botocore_session = pytest.importorskip("botocore.session")
+    model = botocore_session.get_session().get_service_model("emr")
+    return model.operation_model(operation).input_shape.members[member]
 
 
 def test_run_notebook_dry_run_uses_papermill_in_the_jupyterhub_container(tmp_path):
@@ -969,7 +990,9 @@ def test_create_cluster_for_real_against_the_emulator(aws_emulator, tmp_path, fa
     emr = [(r["target"], json.loads(r["body"])) for r in requests if r["target"]]
     ((operation, request),) = emr
     assert operation == "RunJobFlow"
-    assert all(r["method"] == "PUT" for r in requests if not r["target"]), "uploads, then one EMR call"
+    # the bucket's region first (data residency), then uploads, then one EMR call
+    assert (requests[0]["method"], requests[0]["path"], requests[0]["query"]) == ("GET", "/my-bucket", "location")
+    assert all(r["method"] == "PUT" for r in requests[1:] if not r["target"]), "uploads, then one EMR call"
     assert request["ReleaseLabel"] == "emr-7.13.0"
     assert request["Applications"] == [{"Name": "Spark"}, {"Name": "Livy"}, {"Name": "JupyterHub"}]
     assert request["Configurations"] == json.loads(CONFIG.read_text()) + [PERSISTENCE]
@@ -1066,7 +1089,8 @@ def test_studio_engine_starts_and_waits_for_a_notebook_execution(aws_emulator, e
     assert "finished" in res.stderr
     ((_, start),) = [call for call in aws_emulator.emr_calls("StartNotebookExecution")
                      if call[1]["ExecutionEngine"]["Id"] == c["id"]]
-    assert start["ServiceRole"] == "EMR_Notebooks_DefaultRole" and start["OutputNotebookFormat"] == "IPYNB"
+    # OutputNotebookFormat has one value in EMR's API (botocore's emr service-2.json): HTML (was IPYNB, refused)
+    assert start["ServiceRole"] == "EMR_Notebooks_DefaultRole" and start["OutputNotebookFormat"] == "HTML"
     assert start["OutputNotebookS3Location"] == {"Bucket": c["bucket"], "Key": "runs/r1/notebooks/"}
     assert json.loads(start["NotebookParams"]) == {"input": INPUT, "output": f"s3://{c['bucket']}/runs/r1/",
                                                    "batch_size": 32}
@@ -1082,6 +1106,8 @@ def test_studio_engine_starts_and_waits_for_a_notebook_execution(aws_emulator, e
     execution = json.loads(_aws(aws_emulator, c["env"], "emr", "describe-notebook-execution",
                                 "--notebook-execution-id", execution_id))["NotebookExecution"]
     assert execution["Status"] == "FINISHED"
+    assert execution["OutputNotebookFormat"] == "HTML"
+    assert execution["OutputNotebookURI"] == f"s3://{c['bucket']}/runs/r1/notebooks/{execution_id}.html"
 
 
 @pytest.mark.heavy  # the aws CLI starts in ~1 s, several times per test
@@ -1108,6 +1134,162 @@ def test_studio_engine_fails_clearly(aws_emulator, emulated_cluster, tmp_path):
         assert res.returncode != 0 and "is FAILED" in res.stderr and "s3://nb-bucket/r/notebooks/" in res.stderr
     finally:
         failing.stop()
+
+
+def test_emulator_validates_requests_against_botocores_model():
+    """What botocore's client-side validator lets through (enums, maximums) and what a raw request can omit
+    (required members) is refused by the emulator's check, in AWS's wording."""
+    pytest.importorskip("botocore")
+    from .harness import aws_emulator as harness
+
+    shape = _emr_input_member("StartNotebookExecution", "OutputNotebookFormat")
+    assert shape.enum == ["HTML"], "EMR's API: OutputNotebookFormat is HTML only"
+    import botocore.session
+
+    start = botocore.session.get_session().get_service_model("emr").operation_model("StartNotebookExecution")
+    good = {"ExecutionEngine": {"Id": "j-1", "Type": "EMR"}, "ServiceRole": "EMR_Notebooks_DefaultRole",
+            "OutputNotebookFormat": "HTML", "NotebookS3Location": {"Bucket": "b", "Key": "k.ipynb"}}
+    assert harness.validation_errors(good, start.input_shape) == []
+    (enum,) = harness.validation_errors(dict(good, OutputNotebookFormat="IPYNB"), start.input_shape)
+    assert enum == ("Value 'IPYNB' at 'outputNotebookFormat' failed to satisfy constraint: Member must satisfy "
+                    "enum value set: [HTML]")
+    missing = {k: v for k, v in good.items() if k != "ServiceRole"}
+    missing["ExecutionEngine"] = {"Type": "EMR"}
+    assert sorted(harness.validation_errors(missing, start.input_shape)) == [
+        "Value null at 'executionEngine.id' failed to satisfy constraint: Member must not be null",
+        "Value null at 'serviceRole' failed to satisfy constraint: Member must not be null"]
+    (long_name,) = harness.validation_errors(dict(good, NotebookExecutionName="n" * 257), start.input_shape)
+    assert "length less than or equal to 256" in long_name
+    (unknown,) = harness.validation_errors(dict(good, OutputFormat="HTML"), start.input_shape)
+    assert "Unknown member 'OutputFormat'" in unknown
+
+
+@pytest.mark.heavy  # the aws CLI starts in ~1 s
+def test_emulator_refuses_what_emr_refuses(aws_emulator, emulated_cluster):
+    """The real aws CLI sends an enum value EMR does not have (botocore does not check enums client-side): the
+    emulator answers EMR's ValidationException (HTTP 400); a request without a required member (sent with
+    botocore's client-side validation off) is refused too. Before, both were accepted."""
+    c = emulated_cluster
+    location = json.dumps({"Bucket": c["bucket"], "Key": c["notebook"].split("/", 3)[3]})
+    res = _run([aws_emulator.aws, "emr", "start-notebook-execution", "--execution-engine",
+                json.dumps({"Id": c["id"], "Type": "EMR"}), "--service-role", "EMR_Notebooks_DefaultRole",
+                "--notebook-s3-location", location, "--output-notebook-format", "IPYNB"], env=c["env"])
+    assert res.returncode != 0
+    assert "ValidationException" in res.stderr and "enum value set: [HTML]" in res.stderr, res.stderr
+    boto3 = pytest.importorskip("boto3")
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    env = c["env"]
+    client = boto3.client("emr", endpoint_url=aws_emulator.url, region_name=env["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key="test",
+                          config=Config(parameter_validation=False, retries={"max_attempts": 1}))
+    with pytest.raises(ClientError) as refused:
+        client.start_notebook_execution(ExecutionEngine={"Id": c["id"], "Type": "EMR"},
+                                        NotebookS3Location=json.loads(location))
+    error = refused.value.response
+    assert error["Error"]["Code"] == "ValidationException"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "'serviceRole' failed to satisfy constraint: Member must not be null" in error["Error"]["Message"]
+    # and a valid request still goes through
+    execution_id = client.start_notebook_execution(
+        ExecutionEngine={"Id": c["id"], "Type": "EMR"}, ServiceRole="EMR_Notebooks_DefaultRole",
+        NotebookS3Location=json.loads(location), OutputNotebookFormat="HTML")["NotebookExecutionId"]
+    assert execution_id.startswith("ex-")
+
+
+@pytest.mark.heavy  # the aws CLI starts in ~1 s
+def test_emulator_refuses_s3_requests_s3_refuses(aws_emulator, tmp_path):
+    """S3 requests are checked against botocore's S3 model too (moto's router finds the operation, its rest-xml
+    parser the members): a storage class or a bucket region S3 does not have is refused with S3's error."""
+    env = _emulated(aws_emulator, tmp_path)
+    _bucket(aws_emulator, env, "s3-checks-bucket")
+    body = tmp_path / "body.txt"
+    body.write_text("x")
+    res = _run([aws_emulator.aws, "s3api", "put-object", "--bucket", "s3-checks-bucket", "--key", "k",
+                "--body", body, "--storage-class", "BOGUS"], env=env)
+    assert res.returncode != 0 and "InvalidStorageClass" in res.stderr and "enum value set" in res.stderr, res.stderr
+    res = _run([aws_emulator.aws, "s3api", "create-bucket", "--bucket", "s3-checks-mars",
+                "--create-bucket-configuration", "LocationConstraint=mars-west-1"], env=env)
+    assert res.returncode != 0 and "InvalidLocationConstraint" in res.stderr, res.stderr
+    _aws(aws_emulator, env, "s3api", "put-object", "--bucket", "s3-checks-bucket", "--key", "k", "--body", body,
+         "--storage-class", "STANDARD_IA")
+
+
+@pytest.mark.heavy  # the aws CLI starts in ~1 s, several times per test
+def test_create_cluster_refuses_a_bucket_in_another_region(aws_emulator, tmp_path, fake_wheel):
+    """Data residency: the cluster (here us-east-1, the CLI's default) must run in its bucket's region (eu-west-3);
+    create_cluster.sh asks S3 (GetBucketLocation) before it uploads anything, and refuses unless
+    --allow-cross-region."""
+    env = _emulated(aws_emulator, tmp_path)
+    bucket = "eu-photos-bucket"
+    if _run([aws_emulator.aws, "s3api", "head-bucket", "--bucket", bucket], env=env).returncode != 0:
+        _aws(aws_emulator, env, "s3api", "create-bucket", "--bucket", bucket, "--region", "eu-west-3",
+             "--create-bucket-configuration", "LocationConstraint=eu-west-3")
+    args = [BOOT / "create_cluster.sh", "--s3-prefix", f"s3://{bucket}/p8", "--deploy-id", "residency",
+            "--wheel", fake_wheel]
+    before = len(aws_emulator.requests())
+    res = _run(args, env=env)
+    assert res.returncode != 0
+    assert "us-east-1" in res.stderr and "eu-west-3" in res.stderr and "--allow-cross-region" in res.stderr
+    after = aws_emulator.requests()[before:]
+    assert [(r["method"], r["query"]) for r in after] == [("GET", "location")], "nothing uploaded, no cluster"
+    res = _run([*args, "--region", "us-east-1"], env=env)  # an explicit --region is checked the same way
+    assert res.returncode != 0 and "eu-west-3" in res.stderr
+    res = _run([*args, "--allow-cross-region"], env=env)
+    assert res.returncode == 0, res.stderr
+    assert "cross-region" in res.stderr and re.fullmatch(r"j-[A-Z0-9]+", res.stdout.strip())
+
+
+def test_run_step_passes_region_to_every_aws_command(tmp_path):
+    env = _no_aws_env(tmp_path)
+    runs = [["pipeline", "--cluster-id", "j-ABC", "--wait", "--input", INPUT, "--output", OUTPUT],
+            ["notebook", "--cluster-id", "j-ABC", "--wait", "--runner", "s3://b/d/r.sh", "--notebook",
+             "s3://b/d/02.ipynb", "--input", INPUT, "--output", OUTPUT],
+            ["notebook", "--engine", "studio", "--cluster-id", "j-ABC", "--wait", "--notebook", "s3://b/d/02.ipynb",
+             "--input", INPUT, "--output", OUTPUT, "--core-type", "m5.4xlarge"]]
+    for args in runs:
+        res = _run([BOOT / "run_step.sh", *args, "--region", "eu-west-3", "--dry-run"], env=env)
+        assert res.returncode == 0, res.stderr
+        aws_commands = [c for c in _commands(res.stdout) if c[0] == "aws"]
+        assert len(aws_commands) >= 2, res.stdout
+        for command in aws_commands:
+            assert _option(command, "--region") == ["eu-west-3"], command
+
+
+def test_readme_commands_name_their_region():
+    """Every kit script and aws EMR / S3 command the README shows says which region it acts in."""
+    blocks = re.findall(r"```bash\n(.*?)```", (BOOT / "README.md").read_text(), re.S)
+    commands = [c for block in blocks for c in block.replace("\\\n", " ").splitlines()]
+    checked = [c for c in commands
+               if re.search(r"(^|\$\()(bootstrap/(create_cluster|run_step)\.sh|aws (emr|s3|s3api) )", c.strip())]
+    assert len(checked) >= 10, checked
+    for command in checked:
+        assert "--region " in command, command
+
+
+def _readme_policies() -> list:
+    """The IAM policy documents of bootstrap/README.md (its ```json blocks with a Statement)."""
+    blocks = re.findall(r"```json\n(.*?)```", (BOOT / "README.md").read_text(), re.S)
+    return [doc for doc in map(json.loads, blocks) if "Statement" in doc]
+
+
+def test_readme_iam_policies_parse_and_cover_auto_termination():
+    """The operator's statement covers the auto-termination policy's three actions, as EMR's auto-termination
+    guide lists them: the kit sets it at creation and the README changes it (put), reads and removes it."""
+    policies = _readme_policies()
+    assert len(policies) == 2, "the operator's and the nodes' policies"
+    for policy in policies:
+        assert policy["Version"] == "2012-10-17"
+        for statement in policy["Statement"]:
+            assert statement["Effect"] == "Allow" and statement["Action"] and statement["Resource"]
+    (run_emr,) = [s for s in policies[0]["Statement"] if s.get("Sid") == "RunEmr"]
+    for action in ("PutAutoTerminationPolicy", "GetAutoTerminationPolicy", "RemoveAutoTerminationPolicy"):
+        assert f"elasticmapreduce:{action}" in run_emr["Action"], action
+    for action in run_emr["Action"]:  # each one an EMR API operation (botocore's model)
+        botocore_session = pytest.importorskip("botocore.session")
+        operations = botocore_session.get_session().get_service_model("emr").operation_names
+        assert action.split(":", 1)[1] in operations, f"{action} is not an EMR API action"
 
 
 # ------------------------------------------------------------------------------------------------

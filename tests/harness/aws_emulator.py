@@ -13,6 +13,16 @@ exists in (emulated) S3, ``NotebookParams`` is a JSON object. An execution moves
 FINISHED, one step per ``DescribeNotebookExecution`` call (``P8_EMULATOR_NOTEBOOK_FINAL=FAILED`` ends it in
 FAILED instead); nothing is executed.
 
+It refuses what AWS refuses: every EMR request is validated against its operation's input shape in botocore's
+EMR service model (``botocore/data/emr/2009-03-31/service-2.json``): unknown and missing required members, types
+(botocore's ``ParamValidator``) and what botocore leaves to the service (enum values, maximum lengths and
+values, patterns); a request that fails gets EMR's answer, HTTP 400 ``ValidationException`` with AWS's wording
+("1 validation error detected: Value 'IPYNB' at 'outputNotebookFormat' failed to satisfy constraint: ...").
+S3 requests are parsed into their operation's members (moto's router and rest-xml parser) and validated against
+botocore's S3 model the same way, answered with S3's XML error (``InvalidStorageClass``,
+``InvalidLocationConstraint``, else ``InvalidArgument``); virtual-host style S3 requests are not checked.
+``P8_EMULATOR_VALIDATE=0`` in the emulator's environment turns both checks off.
+
 Command line (prints the URL on one line, serves until SIGTERM/SIGINT)::
 
     python -m tests.harness.aws_emulator --port 0 --recording requests.jsonl
@@ -25,6 +35,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import functools
 import json
 import os
 import signal
@@ -43,6 +54,215 @@ ROOT = Path(__file__).resolve().parents[2]
 # ignoring AWS_ENDPOINT_URL; us-east-1 is not in that table, so AWS_ENDPOINT_URL applies.
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
+
+
+# ------------------------------------------------------------------------------------------------
+# Request validation: what AWS refuses, the emulator refuses (runs inside the emulator process)
+# ------------------------------------------------------------------------------------------------
+def _aws_path(name: str) -> str:
+    """botocore's parameter path (``ExecutionEngine.Id``, ``Tags[0].Key``) in AWS's wording (``executionEngine.id``,
+    ``tags.1.member.key``)."""
+    out = []
+    for part in name.split("."):
+        base, _, index = part.partition("[")
+        out.append(base.lower() if base.isupper() else base[:1].lower() + base[1:])
+        if index:
+            out.append(f"{int(index.rstrip(']')) + 1}.member")
+    return ".".join(p for p in out if p)
+
+
+def validation_errors(params: Any, shape: Any) -> List[str]:
+    """Everything ``params`` (a parsed request) breaks in ``shape`` (an operation's input shape, botocore's service
+    model), as AWS words it: unknown and missing members, types (botocore's ParamValidator), plus what botocore's
+    client-side validator leaves to the service: enum values, maximum lengths and sizes, patterns."""
+    import re
+
+    from botocore.validate import ParamValidator, ValidationErrors
+
+    class Validator(ParamValidator):
+        def _validate_string(self, param: Any, shape: Any, errors: Any, name: str) -> None:
+            super()._validate_string(param, shape, errors, name)
+            if not isinstance(param, str):
+                return
+            if shape.enum and param not in shape.enum:
+                errors.report(name, "enum", param=param, allowed=shape.enum)
+            if "max" in shape.metadata and len(param) > shape.metadata["max"]:
+                errors.report(name, "max length", param=param, limit=shape.metadata["max"])
+            pattern = shape.metadata.get("pattern")
+            if pattern:
+                try:
+                    ok = re.search(pattern, param) is not None  # Smithy: patterns are not implicitly anchored
+                except re.error:
+                    ok = True  # a Java-only construct: not checked here
+                if not ok:
+                    errors.report(name, "pattern", param=param, pattern=pattern)
+
+        def _validate_list(self, param: Any, shape: Any, errors: Any, name: str) -> None:
+            super()._validate_list(param, shape, errors, name)
+            if isinstance(param, (list, tuple)) and "max" in shape.metadata and len(param) > shape.metadata["max"]:
+                errors.report(name, "max length", param=param, limit=shape.metadata["max"])
+
+        def _validate_map(self, param: Any, shape: Any, errors: Any, name: str) -> None:
+            super()._validate_map(param, shape, errors, name)
+            if isinstance(param, dict) and "max" in shape.metadata and len(param) > shape.metadata["max"]:
+                errors.report(name, "max length", param=param, limit=shape.metadata["max"])
+
+        def _check_max(self, param: Any, shape: Any, errors: Any, name: str) -> None:
+            if isinstance(param, (int, float)) and "max" in shape.metadata and param > shape.metadata["max"]:
+                errors.report(name, "max value", param=param, limit=shape.metadata["max"])
+
+        def _validate_integer(self, param: Any, shape: Any, errors: Any, name: str) -> None:
+            super()._validate_integer(param, shape, errors, name)
+            self._check_max(param, shape, errors, name)
+
+        def _validate_long(self, param: Any, shape: Any, errors: Any, name: str) -> None:
+            super()._validate_long(param, shape, errors, name)
+            self._check_max(param, shape, errors, name)
+
+        def _validate_double(self, param: Any, shape: Any, errors: Any, name: str) -> None:
+            super()._validate_double(param, shape, errors, name)
+            self._check_max(param, shape, errors, name)
+
+    errors = ValidationErrors()
+    Validator()._validate(params, shape, errors, "")
+    messages = []
+    for reason, name, extra in errors._errors:
+        where = _aws_path(name)
+        value = extra.get("param")
+        shown = "null" if value is None else f"'{value}'"
+        if reason == "missing required field":
+            where = _aws_path(f"{name}.{extra['required_name']}" if name else extra["required_name"])
+            messages.append(f"Value null at '{where}' failed to satisfy constraint: Member must not be null")
+        elif reason == "unknown field":
+            messages.append(f"Unknown member '{extra['unknown_param']}' at '{where or '(request)'}': valid members "
+                            f"are {', '.join(extra['valid_names'])}")
+        elif reason == "enum":
+            messages.append(f"Value {shown} at '{where}' failed to satisfy constraint: Member must satisfy enum "
+                            f"value set: [{', '.join(extra['allowed'])}]")
+        elif reason == "max length":
+            messages.append(f"Value at '{where}' failed to satisfy constraint: Member must have length less than "
+                            f"or equal to {extra['limit']}")
+        elif reason == "invalid length":
+            messages.append(f"Value {shown} at '{where}' failed to satisfy constraint: Member must have length "
+                            f"greater than or equal to {extra['min_allowed']}")
+        elif reason == "max value":
+            messages.append(f"Value {shown} at '{where}' failed to satisfy constraint: Member must have value less "
+                            f"than or equal to {extra['limit']}")
+        elif reason == "invalid range":
+            messages.append(f"Value {shown} at '{where}' failed to satisfy constraint: Member must have value "
+                            f"greater than or equal to {extra['min_allowed']}")
+        elif reason == "pattern":
+            messages.append(f"Value {shown} at '{where}' failed to satisfy constraint: Member must satisfy regular "
+                            f"expression pattern: {extra['pattern']}")
+        else:  # invalid type and the rest: botocore's own wording
+            messages.append(errors._format_error((reason, name, extra)))
+    return messages
+
+
+def validation_message(messages: List[str]) -> str:
+    count = len(messages)
+    return f"{count} validation error{'s' if count > 1 else ''} detected: " + "; ".join(messages)
+
+
+def _install_emr_validation() -> None:
+    """Every EMR (JSON protocol) request is checked against its operation's input shape before moto sees it;
+    a request AWS would refuse gets EMR's answer: HTTP 400, ``ValidationException``."""
+    from moto.emr.responses import ElasticMapReduceResponse
+
+    model = _service_model("emr")
+    moto_call_action = ElasticMapReduceResponse.call_action
+
+    def refuse(error_type: str, message: str) -> Any:
+        headers = {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": error_type,
+                   "x-amzn-RequestId": str(uuid.uuid4())}
+        return 400, headers, json.dumps({"__type": error_type, "message": message})
+
+    def call_action(self: Any) -> Any:
+        action = self._get_action()
+        if action in model.operation_names:
+            body = self.body.decode() if isinstance(self.body, bytes) else (self.body or "")
+            try:
+                params = json.loads(body) if body.strip() else {}
+            except ValueError:
+                return refuse("SerializationException", "the request body is not JSON")
+            if not isinstance(params, dict):
+                return refuse("SerializationException", "the request body is not a JSON object")
+            shape = model.operation_model(action).input_shape
+            messages = validation_errors(params, shape) if shape is not None else []
+            if messages:
+                return refuse("ValidationException", validation_message(messages))
+        return moto_call_action(self)
+
+    ElasticMapReduceResponse.call_action = call_action
+
+
+# S3's error code for a member whose value S3 does not know (S3 answers no ValidationException).
+S3_ERROR_CODES = {"StorageClass": "InvalidStorageClass", "LocationConstraint": "InvalidLocationConstraint"}
+
+
+@functools.cache
+def _service_model(name: str) -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model(name)
+
+
+def s3_validation_errors(request: Any) -> List[tuple]:
+    """``(error code, message)`` for what an S3 request breaks in its operation's input shape (botocore's S3
+    model): the operation is found from the method, path and query (moto's router), the request is parsed into
+    the operation's members (moto's rest-xml parser: URI labels, query, headers, XML body) and validated.
+    Nothing for a request no operation matches (moto answers it as before)."""
+    from moto.core.parse import RestXMLParser
+    from moto.core.routing import NotFound, get_service_router
+
+    host = (request.host or "").rsplit(":", 1)[0]
+    if host != "localhost" and not host.replace(".", "").isdigit():
+        return []  # virtual-host style (the bucket in the host name): the model's paths do not apply as they are
+    try:
+        operation, uri_params = get_service_router("s3").match(request)
+    except (NotFound, NotImplementedError):
+        return []
+    try:
+        parsed = RestXMLParser(operation, map_type=dict).parse({
+            "method": request.method, "values": request.values, "headers": request.headers, "body": request.data,
+            "url_path": request.path, "url_params": uri_params})
+    except Exception as error:  # noqa: BLE001 - moto's own handler decides (and logs why the check did not run)
+        print(f"aws_emulator: {operation.name} not validated: {error!r}", file=sys.stderr, flush=True)
+        return []
+    shape = _service_model("s3").operation_model(operation.name).input_shape
+    if shape is None:
+        return []
+    found = []
+    for message in validation_errors(_plain(parsed), shape):
+        member = next((m for m in S3_ERROR_CODES if f"'{m[:1].lower()}{m[1:]}'" in message or
+                       f".{m[:1].lower()}{m[1:]}'" in message), None)
+        found.append((S3_ERROR_CODES.get(member, "InvalidArgument"), f"{operation.name}: {message}"))
+    return found
+
+
+def _install_s3_validation() -> None:
+    """Every S3 request moto routes to a bucket or key handler is checked first (:func:`s3_validation_errors`);
+    a refused one gets S3's XML error, HTTP 400."""
+    from xml.sax.saxutils import escape
+
+    from moto.s3.responses import S3Response
+
+    def checked(original: Any) -> Any:
+        def handler(self: Any, request: Any, full_url: str, headers: Any) -> Any:
+            errors = s3_validation_errors(request)
+            if errors:
+                code = errors[0][0]
+                message = "; ".join(m for _, m in errors)
+                body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                        f"<Message>{escape(message)}</Message><RequestId>{uuid.uuid4()}</RequestId></Error>")
+                return 400, {"Content-Type": "application/xml"}, body
+            return original(self, request, full_url, headers)
+
+        handler.__name__ = original.__name__
+        return handler
+
+    S3Response.bucket_response = checked(S3Response.bucket_response)
+    S3Response.key_response = checked(S3Response.key_response)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,11 +328,15 @@ def _install_notebook_executions() -> None:
             "LastStateChangeReason": "",
             "NotebookS3Location": source,
             "OutputNotebookS3Location": output,
-            "OutputNotebookFormat": self._get_param("OutputNotebookFormat") or "IPYNB",
             "Tags": _plain(self._get_param("Tags")) or [],
         }
+        # OutputNotebookFormat's one value (botocore's emr service-2.json) is HTML; without it, the notebook.
+        output_format = self._get_param("OutputNotebookFormat")
+        if output_format:
+            record["OutputNotebookFormat"] = output_format
         if output:
-            record["OutputNotebookURI"] = f"s3://{output.get('Bucket')}/{output.get('Key', '')}{execution_id}.ipynb"
+            suffix = ".html" if output_format == "HTML" else ".ipynb"
+            record["OutputNotebookURI"] = f"s3://{output.get('Bucket')}/{output.get('Key', '')}{execution_id}{suffix}"
         with lock:
             executions[execution_id] = {"record": record, "step": 0}
         return ActionResult({"NotebookExecutionId": execution_id})
@@ -154,6 +378,9 @@ def _install_notebook_executions() -> None:
 
 
 def _serve(port: int) -> int:
+    if os.environ.get("P8_EMULATOR_VALIDATE", "1") != "0":
+        _install_emr_validation()
+        _install_s3_validation()
     _install_notebook_executions()
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
