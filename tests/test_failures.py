@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from p8utils import runs, storage
 from p8utils.cli import _failure, _RunState, _Signals, main
 from p8utils.errors import DamagedRunFileError, Interrupted, ParameterError, describe_failure
 from p8utils.pca import Moments, PCAResult, fit_moments
 
-from .conftest import ROOT
+from .conftest import ROOT, S3A_JARS, image_files
+from .harness.targets import TARGETS, Target, part_files, tree
 
 INTERRUPTED = "p8utils: interrupted: nothing was committed, the output is unchanged"
 
@@ -244,13 +246,13 @@ def test_signal_handler_raises_interrupted_once_then_leaves_the_default_actions(
 # --------------------------------------------------------------------------- for real: CLI subprocesses (JVM)
 
 
-def _cli(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    env = env or dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "p8utils", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=ROOT, start_new_session=True)
 
 
-def _run_args(sample_dir: Path, out: Path, *more: str) -> list:
+def _run_args(sample_dir, out, *more: str) -> list:
     return ["run", "--input", str(sample_dir), "--output", str(out), "--weights", "offline", "--no-explorer",
             "--master", "local[2]", *more]
 
@@ -290,8 +292,9 @@ def _wait_for_featurization(proc: subprocess.Popen, timeout: float = 300.0) -> N
     time.sleep(3)
 
 
-def _tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+def _tree(folder) -> dict:
+    """{relative path: size} of every file below ``folder`` (a local path or an ``s3://`` prefix)."""
+    return tree(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -304,17 +307,47 @@ def committed(tmp_path_factory, sample_dir):
     return out
 
 
-def _assert_cleaned(out: Path) -> None:
-    assert not (out / "_lease.json").exists(), "the lease was released"
-    assert not (out / "_staging").exists(), "the run's staged files were removed"
-    assert not list(out.rglob("_temporary")), "no Spark task left files behind"
+@pytest.fixture(scope="module")
+def on_s3(tmp_path_factory, s3, s3_spark, sample_dir) -> dict:
+    """The S3 side, made once per module: a :class:`Target` (its bucket), the sample uploaded there (``input``), and
+    ``committed``: a run of every 4th sample image committed there (in this process: a CLI run would cost another JVM
+    start; the interrupted runs are CLI runs)."""
+    from p8utils import pipeline
+
+    target = Target("s3", tmp_path_factory.mktemp("failures-s3"), s3, pythonpath=str(ROOT), jars=S3A_JARS)
+    files = image_files(sample_dir)
+    sample = target.put("sample", files)
+    out = target.out("committed")
+    pipeline.run(target.put("small", files[::4]), out, weights="offline", k=3, spark=s3_spark)
+    return {"target": target, "input": sample, "committed": out}
+
+
+def _assert_cleaned(out) -> None:
+    out = str(out)
+    assert not storage.exists(storage.join(out, "_lease.json")), "the lease was released"
+    assert not storage.exists(storage.join(out, "_staging")), "the run's staged files were removed"
+    if storage.is_local(out):
+        assert not list(Path(out).rglob("_temporary")), "no Spark task left files behind"
+    else:
+        assert not [k for k in _tree(out) if "_temporary" in k.split("/")], "no Spark task left files behind"
+    named = runs.committed(out)
+    for table in ("features", "pca"):
+        assert sorted(part_files(storage.join(out, table))) == sorted(getattr(named, table)), \
+            f"{table}/ holds exactly the part files the manifest names"
 
 
 @pytest.mark.jvm
 @pytest.mark.slow
-def test_ctrl_c_to_the_process_group_exits_130_and_keeps_the_previous_output(committed, sample_dir):
-    before, manifest = _tree(committed), (committed / "manifest.json").read_bytes()
-    proc = _cli(*_run_args(sample_dir, committed, "--mode", "overwrite"))
+@pytest.mark.parametrize("kind", TARGETS)
+def test_ctrl_c_to_the_process_group_exits_130_and_keeps_the_previous_output(kind, request, sample_dir):
+    if kind == "local":
+        out, inp, env = request.getfixturevalue("committed"), sample_dir, None
+    else:  # an S3 run (input and output): same exit, same line, the prefix as it was
+        s3_side = request.getfixturevalue("on_s3")
+        out, inp, env = s3_side["committed"], s3_side["input"], s3_side["target"].env()
+    manifest_uri = storage.join(str(out), "manifest.json")
+    before, manifest = _tree(out), storage.read_bytes(manifest_uri)
+    proc = _cli(*_run_args(inp, out, "--mode", "overwrite"), env=env)
     _wait_for_featurization(proc)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: Python, the JVM, the Python workers
     stdout, stderr = proc.communicate(timeout=120)
@@ -323,22 +356,28 @@ def test_ctrl_c_to_the_process_group_exits_130_and_keeps_the_previous_output(com
     assert len(err) == 1 and err[0].startswith(INTERRUPTED), stderr[-3000:]
     log_file = err[0].split("(log: ", 1)[1].rstrip(")")
     assert "Interrupted: stopped by SIGINT" in Path(log_file).read_text(errors="replace"), "the stack is in the log"
-    _assert_cleaned(committed)
-    assert _tree(committed) == before and (committed / "manifest.json").read_bytes() == manifest
+    _assert_cleaned(out)
+    assert _tree(out) == before and storage.read_bytes(manifest_uri) == manifest
 
 
 @pytest.mark.jvm
 @pytest.mark.slow
-def test_sigterm_to_the_process_exits_143_and_leaves_nothing(tmp_path, sample_dir):
-    out = tmp_path / "new"
-    proc = _cli(*_run_args(sample_dir, out))
+@pytest.mark.parametrize("kind", TARGETS)
+def test_sigterm_to_the_process_exits_143_and_leaves_nothing(kind, request, tmp_path, sample_dir):
+    if kind == "local":
+        out, inp, env = tmp_path / "new", sample_dir, None
+    else:  # an S3 run into a new prefix
+        s3_side = request.getfixturevalue("on_s3")
+        out, inp, env = s3_side["target"].out(f"new-{tmp_path.name}"), s3_side["input"], s3_side["target"].env()
+    proc = _cli(*_run_args(inp, out), env=env)
     _wait_for_featurization(proc)
     os.kill(proc.pid, signal.SIGTERM)  # a scheduler, `timeout`, `docker stop`, YARN: the driver process only
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
     err = stderr.splitlines()
     assert len(err) == 1 and err[0].startswith(INTERRUPTED), stderr[-3000:]
-    assert not out.exists(), "a run that committed nothing into a new folder leaves no trace"
+    assert not storage.exists(str(out)), "a run that committed nothing into a new folder leaves no trace"
+    assert _tree(out) == {}, "no object left under the output prefix"
 
 
 @pytest.mark.jvm
