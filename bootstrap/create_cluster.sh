@@ -31,7 +31,8 @@
 #   --master-type TYPE       primary node instance type [m5.xlarge]
 #   --core-type TYPE         core node instance type [m5.2xlarge]
 #   --core-count N           number of core nodes [2]
-#   --key-name NAME          EC2 key pair, needed for SSH / the JupyterHub tunnel [none]
+#   --key-name NAME          EC2 key pair, for SSH / the JupyterHub tunnel [none: then use Session Manager
+#                            port forwarding, bootstrap/README.md section 4]
 #   --subnet-id ID           subnet (private subnets: see --wheelhouse) [EMR default]
 #   --log-uri URI            cluster logs [S3_PREFIX/emr-logs/]
 #   --service-role ROLE      EMR service role [EMR_DefaultRole_V2: AWS's default role with the
@@ -45,8 +46,11 @@
 #                            Keras file name, e.g. mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5
 #   --wheel FILE             use this p8utils wheel instead of building one
 #   --build-python PY        Python that builds the wheel [REPO/.venv/bin/python, else python3]
-#   --cluster-python PY      Python the bootstrap builds the venv from: auto (3.11 where the node has
-#                            /usr/bin/python3.11, else 3.9), 3.11, 3.9 or a path [auto]
+#   --cluster-python PY      Python the bootstrap builds the venv from: auto (/usr/bin/python3.11; the
+#                            bootstrap FAILS, and the cluster with it, where the nodes lack it: no silent
+#                            fallback to 3.9), 3.11 (installs the AL2023 package python3.11 if missing),
+#                            3.9 (the 3.9 pin set, explicitly) or a path [auto]. The nodes record the
+#                            choice in /opt/p8utils/venv/p8utils-python.json; each run prints it
 #   --pip-index URL          package index for the nodes (e.g. a CodeArtifact/Artifactory mirror)
 #   --wheelhouse             download every wheel the nodes need now and install them offline from
 #                            S3 (for private subnets without a package mirror); needs a local
@@ -383,3 +387,6 @@ printf '%s\n' "$cluster_id"
 note "cluster $cluster_id is starting (bootstrap logs: $LOG_URI$cluster_id/node/*/bootstrap-actions/1/)."
 note "wait until ready:  aws emr wait cluster-running --cluster-id $cluster_id${REGION:+ --region $REGION}"
 note "terminate (it bills while idle): aws emr terminate-clusters --cluster-ids $cluster_id${REGION:+ --region $REGION}"
+if [[ -z $KEY_NAME ]]; then
+    note "no --key-name: reach JupyterHub (9443) with Session Manager port forwarding (bootstrap/README.md, section 4; the role of instance profile $INSTANCE_PROFILE needs AmazonSSMManagedInstanceCore)"
+fi

@@ -6,16 +6,18 @@
 # script only prepares Python and files, with sudo where it writes outside $HOME:
 #
 #   1. checks the node (Amazon Linux 2023, EMR 7.x if the release label is readable), picks the Python
-#      (--python: auto = /usr/bin/python3.11 where the node has it, else /usr/bin/python3.9; or 3.11,
-#      3.9, a path) and the requirements file made for it (each --requirements file names its Python
-#      versions in a `# python-versions:` line);
+#      (--python: auto = /usr/bin/python3.11, and FAILS where the node lacks it; or 3.11, 3.9, a path)
+#      and the requirements file made for it (each --requirements file names its Python versions in a
+#      `# python-versions:` line);
 #   2. creates the virtualenv PREFIX/venv (default /opt/p8utils/venv) from that Python and installs
 #      the pinned packages, then the p8utils wheel with --no-deps, then runs `pip check` and imports
 #      everything once (fails here rather than in a Spark task);
 #   3. writes PREFIX/p8utils_main.py, the stable file to spark-submit (= `python -m p8utils`);
 #   4. optionally copies model weight files into KERAS_HOME/models (default /opt/keras/models), the
 #      Keras download cache, so executors in private subnets never try to download them;
-#   5. writes PREFIX/INSTALLED.txt (what was installed, when, from where).
+#   5. writes PREFIX/INSTALLED.txt (what was installed, when, from where) and PREFIX/venv/p8utils-python.json,
+#      the Python choice (what was asked, the interpreter, its version, the pin file); the launcher prints
+#      it at every run, and it lives and goes with the venv it describes.
 #
 # configurations.json points PySpark (PYSPARK_PYTHON / spark.pyspark.python) at PREFIX/venv/bin/python
 # and exports KERAS_HOME to drivers and executors: YARN containers do not run as `hadoop`, so a
@@ -33,16 +35,21 @@
 #                    [--python auto|3.11|3.9|PATH] [--prefix /opt/p8utils] [--keras-home /opt/keras]
 #                    [--pip-index URL | --wheelhouse s3://BUCKET/.../wheelhouse/]
 #
-#   --python auto (the default on EMR) takes /usr/bin/python3.11 if the node has it, else
-#   /usr/bin/python3.9 (AL2023's python3): every node of a cluster runs the same AMI, so every node
-#   picks the same one (PySpark refuses a worker Python that differs from the driver's). --python 3.11
-#   installs the AL2023 package python3.11 if it is missing (needs the AL2023 repositories: internet
-#   or an S3 gateway endpoint) and fails if it cannot. --requirements is repeatable: the file whose
-#   `# python-versions:` line names the chosen Python is installed.
+#   --python auto (the default on EMR) takes /usr/bin/python3.11 if the node has it and otherwise FAILS
+#   (exit 1, before installing anything) saying to pass --cluster-python 3.9 (or 3.11) explicitly:
+#   auto never falls back to 3.9 silently, since 3.9 is another pin set (older TensorFlow/Keras, no
+#   ai-edge-litert) than the 3.11 one the README promises. Every node of a cluster runs the same AMI, so
+#   every node decides the same way (PySpark refuses a worker Python that differs from the driver's).
+#   --python 3.11 installs the AL2023 package python3.11 if it is missing (needs the AL2023 repositories:
+#   internet or an S3 gateway endpoint) and fails if it cannot; --python 3.9 takes /usr/bin/python3.9.
+#   --requirements is repeatable: the file whose `# python-versions:` line names the chosen Python is
+#   installed.
 #
 # Local test mode (P8_BOOTSTRAP_LOCAL=1): identical steps, except that sources must be local paths
 # copied with `cp` (no `aws s3 cp`), nothing runs under sudo, the Amazon Linux/EMR checks are
-# skipped, and --prefix and --keras-home are mandatory (so a test never touches /opt). Example:
+# skipped, and --prefix and --keras-home are mandatory (so a test never touches /opt); there,
+# P8_BOOTSTRAP_PYTHON_DIR replaces /usr/bin as the folder where auto, 3.11 and 3.9 look for
+# pythonX.Y (tests put a python3.11 there, or none). Example:
 #   P8_BOOTSTRAP_LOCAL=1 bootstrap/emr_bootstrap.sh --prefix /tmp/p8 --keras-home /tmp/p8/keras \
 #       --python python3.11 --wheel dist/p8utils-0.1.0-py3-none-any.whl \
 #       --requirements bootstrap/requirements-emr.txt
@@ -75,6 +82,7 @@ usage() {
 # Arguments
 # ---------------------------------------------------------------------------------------------
 LOCAL_MODE=${P8_BOOTSTRAP_LOCAL:-0}
+SYSTEM_PY_DIR=/usr/bin
 WHEEL=""
 REQUIREMENTS=()
 WEIGHTS=()
@@ -112,6 +120,7 @@ if [[ $LOCAL_MODE == 1 ]]; then
     [[ -n $PREFIX ]] || die "local mode (P8_BOOTSTRAP_LOCAL=1) needs --prefix DIR (refusing to write to /opt)"
     [[ -n $KERAS_HOME_DIR ]] || die "local mode (P8_BOOTSTRAP_LOCAL=1) needs --keras-home DIR (refusing to write to /opt)"
     PYTHON_BIN=${PYTHON_BIN:-python3}
+    SYSTEM_PY_DIR=${P8_BOOTSTRAP_PYTHON_DIR:-$SYSTEM_PY_DIR}
 else
     PREFIX=${PREFIX:-/opt/p8utils}
     KERAS_HOME_DIR=${KERAS_HOME_DIR:-/opt/keras}
@@ -120,6 +129,9 @@ fi
 [[ $PREFIX == /* && $KERAS_HOME_DIR == /* ]] || die "--prefix and --keras-home must be absolute paths"
 VENV=$PREFIX/venv
 LAUNCHER=$PREFIX/p8utils_main.py
+# The record of the Python choice, inside the venv: recreating the venv removes the record of the old one.
+PYTHON_RECORD=$VENV/p8utils-python.json
+PYTHON_ASKED=$PYTHON_BIN
 
 # Run a command as root on EMR (the action runs as `hadoop`), as the current user in local mode.
 as_root() {
@@ -188,16 +200,15 @@ fi
 # --python auto|3.11|3.9 name AL2023's interpreters; anything else is a path or a command name.
 case "$PYTHON_BIN" in
     auto)
-        if [[ -x /usr/bin/python3.11 ]]; then
-            PYTHON_BIN=/usr/bin/python3.11
-        else
-            log "no /usr/bin/python3.11 on this node: using /usr/bin/python3.9 (pass --python 3.11 to install it)"
-            PYTHON_BIN=/usr/bin/python3.9
-        fi
+        # auto promises the 3.11 pin set (bootstrap/README.md): without 3.11, fail rather than fall back.
+        [[ -x $SYSTEM_PY_DIR/python3.11 ]] ||
+            die "--python auto (create_cluster.sh --cluster-python auto) needs $SYSTEM_PY_DIR/python3.11, which this node does not have; NOT falling back to Python 3.9 silently. Re-create the cluster with --cluster-python 3.9 explicitly (the 3.9 pin set: older TensorFlow/Keras, no ai-edge-litert) or --cluster-python 3.11 (installs the AL2023 package python3.11; needs the AL2023 repositories)"
+        PYTHON_BIN=$SYSTEM_PY_DIR/python3.11
+        log "--python auto: $PYTHON_BIN found"
         ;;
     3.11 | 3.9)
         version=$PYTHON_BIN
-        PYTHON_BIN=/usr/bin/python$version
+        PYTHON_BIN=$SYSTEM_PY_DIR/python$version
         if [[ ! -x $PYTHON_BIN && $LOCAL_MODE == 0 && $version == 3.11 ]]; then
             log "installing python3.11 (AL2023 package; --python 3.11 asked for it)"
             as_root dnf install -y -q python3.11 python3.11-pip ||
@@ -208,6 +219,8 @@ esac
 PYTHON_PATH=$(command -v "$PYTHON_BIN") || die "Python interpreter '$PYTHON_BIN' not found"
 PY_VERSION=$("$PYTHON_PATH" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ||
     die "'$PYTHON_PATH' does not run"
+[[ $PYTHON_ASKED != auto || $PY_VERSION == 3.11 ]] ||
+    die "--python auto: $PYTHON_PATH is Python $PY_VERSION, not 3.11; pass --cluster-python 3.9 or a path explicitly"
 
 # The requirements file made for this Python: the one whose python-versions line names PY_VERSION.
 REQ_FILE="" REQ_SOURCE="" SUPPORTED=""
@@ -326,7 +339,23 @@ cat >"$WORK/p8utils_main.py" <<'PY'
 behaves exactly like ``python -m p8utils run ...`` with the p8utils of /opt/p8utils/venv.
 """
 
+import json
+import os
 import runpy
+import sys
+
+# The interpreter and pin set of this run, in the step's (or the driver's) log: what the bootstrap chose
+# (p8utils-python.json, next to this Python's venv) and what actually runs.
+_record = os.path.join(sys.prefix, "p8utils-python.json")
+try:
+    with open(_record) as _f:
+        _chosen = json.load(_f)
+except (OSError, ValueError):
+    _chosen = {}
+sys.stderr.write("p8utils launcher: python %s at %s; pin set %s (bootstrap: --python %s -> %s; %s)\n" % (
+    sys.version.split()[0], sys.executable, _chosen.get("requirements", "unknown"), _chosen.get("asked", "?"),
+    _chosen.get("interpreter", "?"), _record if _chosen else "no record at " + _record))
+sys.stderr.flush()
 
 runpy.run_module("p8utils", run_name="__main__", alter_sys=True)
 PY
@@ -387,5 +416,24 @@ log "versions: $versions"
     "$VENV/bin/python" -m pip freeze --disable-pip-version-check
 } >"$WORK/INSTALLED.txt"
 as_root install -m 0644 "$WORK/INSTALLED.txt" "$PREFIX/INSTALLED.txt"
+
+# The Python choice, last: its presence means a complete install with that interpreter and pin set.
+"$VENV/bin/python" - "$WORK/p8utils-python.json" "$PYTHON_ASKED" "$PYTHON_PATH" "$VENV/bin/python" \
+    "$(basename "$REQ_SOURCE")" "$REQ_SOURCE" "$(sha256sum "$REQ_FILE" | cut -d' ' -f1)" \
+    "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" <<'PY' || die "could not write the Python record"
+import json
+import platform
+import sys
+
+out, asked, interpreter, venv_python, name, source, sha256, written = sys.argv[1:]
+record = {"asked": asked, "interpreter": interpreter, "version": platform.python_version(),
+          "venv_python": venv_python, "requirements": name, "requirements_source": source,
+          "requirements_sha256": sha256, "written": written}
+with open(out, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+    f.write("\n")
+PY
+as_root install -m 0644 "$WORK/p8utils-python.json" "$PYTHON_RECORD"
+log "Python choice recorded in $PYTHON_RECORD: --python $PYTHON_ASKED -> $PYTHON_PATH ($PY_VERSION), $(basename "$REQ_SOURCE")"
 
 log "done in $((SECONDS - START_SECONDS)) s: PYSPARK_PYTHON=$VENV/bin/python KERAS_HOME=$KERAS_HOME_DIR"

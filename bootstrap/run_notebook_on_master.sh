@@ -28,6 +28,9 @@
 #   --livy-url URL           Livy endpoint for this run [JupyterHub's, else http://<this host>:8998]
 #   --startup-timeout SEC    Livy session start timeout for this run [600]
 #   --config-generator PATH  the kit's sparkmagic_config.py [next to this script]
+#   --python-record PATH     the bootstrap's record of the Python that PySpark (the Livy session's driver
+#                            and executors) runs with, printed at the start of the run
+#                            [/opt/p8utils/venv/p8utils-python.json]
 #   --dry-run                print the commands instead of running them
 #
 # The sparkmagic config of the run comes from sparkmagic_config.py (`headless`), the kit's one
@@ -74,7 +77,7 @@ print_cmd() {
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NOTEBOOK="" OUTPUT="" PARAMS=() KERNEL=pysparkkernel CONTAINER=jupyterhub USE_DOCKER=1 PY=""
 PAPERMILL_SPEC=papermill==2.6.0 PIP_INDEX="" LIVY_URL="" STARTUP_TIMEOUT=600 DRY_RUN=0 SESSION_CONFIG=""
-GENERATOR=$HERE/sparkmagic_config.py
+GENERATOR=$HERE/sparkmagic_config.py PYTHON_RECORD=/opt/p8utils/venv/p8utils-python.json
 
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "option $1 needs a value (see --help)"; }
 while [[ $# -gt 0 ]]; do
@@ -96,6 +99,7 @@ while [[ $# -gt 0 ]]; do
         --startup-timeout) need_value "$@"; STARTUP_TIMEOUT=$2; shift 2 ;;
         --session-config) need_value "$@"; SESSION_CONFIG=$2; shift 2 ;;
         --config-generator) need_value "$@"; GENERATOR=$2; shift 2 ;;
+        --python-record) need_value "$@"; PYTHON_RECORD=$2; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
@@ -168,6 +172,13 @@ else
     PY=${PY:-python3}
 fi
 log "notebook=$NOTEBOOK output=$OUTPUT kernel=$KERNEL python=$PY $([[ $USE_DOCKER == 1 ]] && echo "container=$CONTAINER" || echo "host")"
+# $PY only runs papermill and the kernel; the notebook's code runs in the Livy session, on the Python the
+# bootstrap installed (PYSPARK_PYTHON): print the bootstrap's record of it (interpreter, version, pin set).
+if [[ -r $PYTHON_RECORD ]]; then
+    log "PySpark's Python (bootstrap record $PYTHON_RECORD): $(tr -d '\n' <"$PYTHON_RECORD" | tr -s ' ')"
+else
+    log "WARNING: no bootstrap record of PySpark's Python at $PYTHON_RECORD (bootstrap older than this runner, or not run on this node)"
+fi
 
 # ---- inputs -------------------------------------------------------------------------------------
 [[ $DRY_RUN == 1 ]] || mkdir -p "$HOST_DIR"

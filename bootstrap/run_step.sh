@@ -50,7 +50,9 @@
 # The pipeline step is `spark-submit PREFIX/p8utils_main.py run --input ... --output ...` through
 # command-runner.jar on the primary node. p8utils_main.py is written by emr_bootstrap.sh and is
 # `python -m p8utils`; the Python that runs it is the one configurations.json gives PySpark
-# (PREFIX/venv/bin/python). Default deploy mode is client: the driver runs on the primary node and
+# (PREFIX/venv/bin/python); the launcher prints that interpreter, its version and the pin set the
+# bootstrap installed (from PREFIX/venv/p8utils-python.json) to the step's stderr log before the run.
+# Default deploy mode is client: the driver runs on the primary node and
 # its output (the p8utils summary) lands in the step's stdout log; `--deploy-mode cluster` runs the
 # driver in YARN instead (the launcher exists on every node).
 #

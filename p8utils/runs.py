@@ -1003,14 +1003,24 @@ def open_run(output: str, mode: str, spark: Optional[SparkSession] = None) -> It
 # --------------------------------------------------------------------------- manifest
 
 
+#: Written by bootstrap/emr_bootstrap.sh next to the EMR nodes' venv Python (``sys.prefix``): the pin set it installed.
+PYTHON_RECORD = "p8utils-python.json"
+
+
 def _versions() -> Dict[str, Optional[str]]:
-    """Versions of the libraries that shape the output."""
+    """Versions of the libraries that shape the output, the driver's interpreter and, on EMR, its pin set."""
     import platform
     from importlib import metadata
 
-    out: Dict[str, Optional[str]] = {"python": platform.python_version(), "p8utils": __version__}
+    out: Dict[str, Optional[str]] = {"python": platform.python_version(), "p8utils": __version__,
+                                     "python_executable": sys.executable, "pin_set": None}
+    try:
+        with open(os.path.join(sys.prefix, PYTHON_RECORD), encoding="utf-8") as fh:
+            out["pin_set"] = json.load(fh).get("requirements")
+    except (OSError, ValueError, AttributeError):
+        pass  # not an EMR node of the kit
     for dist in ("pyspark", "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "numpy", "pandas", "pyarrow",
-                 "pillow"):
+                 "pillow", "boto3"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

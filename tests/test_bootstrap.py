@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import stat
@@ -361,7 +362,8 @@ def test_each_python_has_one_pin_set_and_311_is_the_default():
     assert _python_versions(REQS) == ["3.11"], "requirements-emr.txt (the default) is the Python 3.11 set"
     text = (BOOT / "emr_bootstrap.sh").read_text()
     assert "    PYTHON_BIN=${PYTHON_BIN:-auto}\n" in text, "on EMR the bootstrap picks the Python (auto)"
-    assert "/usr/bin/python3.11" in text and "PYTHON_BIN=/usr/bin/python3.9" in text
+    assert "SYSTEM_PY_DIR=/usr/bin\n" in text and "PYTHON_BIN=$SYSTEM_PY_DIR/python3.11\n" in text
+    assert "PYTHON_BIN=/usr/bin/python3.9" not in text, "auto no longer falls back to 3.9 (issue 21)"
 
 
 @pytest.mark.parametrize("python_version", sorted(PIN_SETS))
@@ -537,6 +539,64 @@ def test_bootstrap_emr_mode_checks_the_operating_system(tmp_path, fake_wheel):
     res = _bootstrap(tmp_path, "--wheel", fake_wheel, "--requirements", REQS, local=False)
     assert res.returncode != 0
     assert "expected 'amzn 2023'" in res.stderr
+
+
+def _system_python_dir(tmp_path, **pythons) -> Path:
+    """A stand-in for the node's /usr/bin (P8_BOOTSTRAP_PYTHON_DIR, local mode): python3.11 -> ..., python3.9 -> ..."""
+    folder = tmp_path / "usr-bin"
+    folder.mkdir()
+    for name, target in pythons.items():
+        (folder / name.replace("_", ".")).symlink_to(target)
+    return folder
+
+
+def _bootstrap_auto(tmp_path, fake_wheel, system_dir, *args):
+    env = _no_aws_env(tmp_path)
+    env.update(P8_BOOTSTRAP_LOCAL="1", TMPDIR=str(tmp_path), P8_BOOTSTRAP_PYTHON_DIR=str(system_dir))
+    return _run([BOOT / "emr_bootstrap.sh", "--prefix", tmp_path / "p8", "--keras-home", tmp_path / "keras",
+                 "--python", "auto", "--wheel", fake_wheel, "--requirements", REQS, "--requirements", REQS39, *args],
+                env=env)
+
+
+def test_bootstrap_auto_fails_loudly_without_python311(tmp_path, fake_wheel):
+    """Issue 21: a node without python3.11 (only AL2023's 3.9) fails the bootstrap action, hence the cluster,
+    with what to pass instead, before anything is installed; no silent fallback to the 3.9 pin set."""
+    system_dir = _system_python_dir(tmp_path, python3_9=sys.executable)
+    res = _bootstrap_auto(tmp_path, fake_wheel, system_dir)
+    assert res.returncode != 0
+    assert f"needs {system_dir}/python3.11, which this node does not have" in res.stderr, res.stderr
+    assert "NOT falling back to Python 3.9" in res.stderr and "--cluster-python 3.9 explicitly" in res.stderr
+    assert "installing" not in res.stdout and "python3.9" not in res.stdout, res.stdout
+    assert not (tmp_path / "p8").exists(), "must fail before creating anything"
+
+
+def test_bootstrap_auto_takes_python311_and_its_pin_set(tmp_path, fake_wheel):
+    """Where the node has python3.11, auto takes it and the 3.11 pin file (this test stops at the weights check,
+    after the choice is logged; the slow test below records it after a full install)."""
+    python311 = _find_python("3.11")
+    if python311 is None:
+        pytest.skip("no Python 3.11 on this machine")
+    system_dir = _system_python_dir(tmp_path, python3_11=python311, python3_9=sys.executable)
+    bad = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
+    bad.write_text("not hdf5")
+    res = _bootstrap_auto(tmp_path, fake_wheel, system_dir, "--weights", bad)
+    assert f"--python auto: {system_dir}/python3.11 found" in res.stdout, res.stdout + res.stderr
+    assert f"Python 3.11 at {system_dir}/python3.11: installing requirements-emr.txt" in res.stdout
+    assert res.returncode != 0 and "is not an HDF5 file" in res.stderr
+    assert not (tmp_path / "p8").exists()
+
+
+def test_bootstrap_auto_refuses_a_python311_that_is_not_311(tmp_path, fake_wheel):
+    here = "{}.{}".format(*sys.version_info[:2])
+    if here == "3.11":
+        other = _find_python("3.9") or _find_python("3.10") or _find_python("3.12")
+        if other is None:
+            pytest.skip("no Python other than 3.11 on this machine")
+    else:
+        other = sys.executable
+    system_dir = _system_python_dir(tmp_path, python3_11=other)
+    res = _bootstrap_auto(tmp_path, fake_wheel, system_dir)
+    assert res.returncode != 0 and "--python auto: " in res.stderr and ", not 3.11" in res.stderr, res.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -915,6 +975,21 @@ def test_run_notebook_dry_run_uses_papermill_in_the_jupyterhub_container(tmp_pat
     assert json.loads(_option(cell, "--session-config")[0]) == session
     assert commands.index(cell) < commands.index(papermill)
     assert commands[-1][:3] == ["aws", "s3", "cp"] and commands[-1][-1] == OUTPUT + "nb.ipynb"
+    # no bootstrap record at the default place on this machine: said, not fatal
+    assert "WARNING: no bootstrap record of PySpark's Python at /opt/p8utils/venv/p8utils-python.json" in res.stderr
+
+
+def test_run_notebook_prints_the_python_and_pin_set_of_the_session(tmp_path):
+    """Issue 21: the runner's log says which Python and pin set the notebook's Spark code runs with."""
+    record = tmp_path / "p8utils-python.json"
+    record.write_text(json.dumps({"asked": "auto", "interpreter": "/usr/bin/python3.11", "version": "3.11.9",
+                                  "requirements": "requirements-emr.txt"}, indent=1))
+    res = _run([BOOT / "run_notebook_on_master.sh", "--dry-run", "--notebook", "s3://b/nb/02.ipynb",
+                "--output", OUTPUT + "nb.ipynb", "--python-record", record], env=_no_aws_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if "PySpark's Python" in x]
+    shown = json.loads(line.split(f"(bootstrap record {record}): ", 1)[1])
+    assert shown == json.loads(record.read_text())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1278,7 +1353,7 @@ def test_readme_iam_policies_parse_and_cover_auto_termination():
     """The operator's statement covers the auto-termination policy's three actions, as EMR's auto-termination
     guide lists them: the kit sets it at creation and the README changes it (put), reads and removes it."""
     policies = _readme_policies()
-    assert len(policies) == 2, "the operator's and the nodes' policies"
+    assert len(policies) == 3, "the operator's, the nodes' and the SSM port forwarding user's policies"
     for policy in policies:
         assert policy["Version"] == "2012-10-17"
         for statement in policy["Statement"]:
@@ -1290,6 +1365,87 @@ def test_readme_iam_policies_parse_and_cover_auto_termination():
         botocore_session = pytest.importorskip("botocore.session")
         operations = botocore_session.get_session().get_service_model("emr").operation_names
         assert action.split(":", 1)[1] in operations, f"{action} is not an EMR API action"
+
+
+def _readme_aws_command(service: str, command: str) -> list:
+    """The one `aws SERVICE COMMAND ...` line of the README's bash blocks, split into words."""
+    blocks = re.findall(r"```bash\n(.*?)```", (BOOT / "README.md").read_text(), re.S)
+    lines = [c.strip() for block in blocks for c in block.replace("\\\n", " ").splitlines()]
+    found = []
+    for line in lines:
+        m = re.search(rf"(^|\$\()aws {service} {command} ", line)
+        if m:
+            # shlex, not bash: "$PRIMARY" stays a word instead of expanding to nothing
+            found.append(shlex.split(line[m.end(1):].split(" #", 1)[0].rstrip(")")))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _cli_params(words: list, operation) -> dict:
+    """The API request the aws CLI builds from `aws SVC CMD --opt value ...` (its rules: --kebab-case of each member
+    name; JSON for maps and structures; space-separated values for lists of scalars); global options dropped."""
+    import botocore
+
+    options = {botocore.xform_name(name, "-"): (name, shape) for name, shape in operation.input_shape.members.items()}
+    params, i = {}, 3
+    global_options = {"--region": 1, "--query": 1, "--output": 1}
+    while i < len(words):
+        word = words[i]
+        assert word.startswith("--"), f"unexpected word {word!r} in {words}"
+        if word in global_options:
+            i += 1 + global_options[word]
+            continue
+        assert word[2:] in options, f"{word} is not an option of {operation.name} (members: {sorted(options)})"
+        name, shape = options[word[2:]]
+        values = []
+        i += 1
+        while i < len(words) and not words[i].startswith("--"):
+            values.append(words[i])
+            i += 1
+        if shape.type_name in ("map", "structure"):
+            (value,) = values
+            params[name] = json.loads(value)
+        elif shape.type_name == "list":
+            params[name] = json.loads(values[0]) if values[0].startswith("[") else values
+        else:
+            (params[name],) = values
+    return params
+
+
+def test_readme_ssm_port_forwarding_commands_fit_the_api():
+    """Issue 21: the README's way in without a key pair. Its `aws emr list-instances` (the primary node's instance
+    id) and `aws ssm start-session` (port forwarding to JupyterHub's 9443) carry the members, types, enum values,
+    patterns and lengths of botocore's models (emr 2009-03-31 ListInstances, ssm 2014-11-06 StartSession: Target,
+    DocumentName, Parameters = map of name -> list of strings), as the emulator checks EMR requests."""
+    botocore_session = pytest.importorskip("botocore.session")
+    from .harness import aws_emulator as harness
+
+    session = botocore_session.get_session()
+    list_instances = session.get_service_model("emr").operation_model("ListInstances")
+    words = _readme_aws_command("emr", "list-instances")
+    params = _cli_params(words, list_instances)
+    assert harness.validation_errors(params, list_instances.input_shape) == []
+    assert params["InstanceGroupTypes"] == ["MASTER"], "the primary node (EMR's API still says MASTER)"
+    assert _option(words, "--query")[0].endswith("Ec2InstanceId"), words
+
+    start_session = session.get_service_model("ssm").operation_model("StartSession")
+    words = _readme_aws_command("ssm", "start-session")
+    params = _cli_params(words, start_session)
+    assert harness.validation_errors(params, start_session.input_shape) == []
+    assert set(params) == {"Target", "DocumentName", "Parameters"}
+    assert params["DocumentName"] == "AWS-StartPortForwardingSession"
+    # the document's own parameters (Systems Manager User Guide, "Start a session with a document ..."):
+    # the port on the instance and the local one, each a list of one string
+    assert params["Parameters"] == {"portNumber": ["9443"], "localPortNumber": ["9443"]}
+    assert _option(words, "--region") and re.fullmatch(r"\$\{?\w+\}?|i-[0-9a-f]+|<[^>]+>", params["Target"]), params
+
+    # and the IAM the README gives for it: the user's StartSession on the instances and that document
+    (policy,) = [p for p in _readme_policies() if any(s.get("Sid") == "SsmPortForwarding" for s in p["Statement"])]
+    (start,) = [s for s in policy["Statement"] if s["Sid"] == "SsmPortForwarding"]
+    assert start["Action"] == "ssm:StartSession" or start["Action"] == ["ssm:StartSession"]
+    assert any(":instance/" in r for r in start["Resource"])
+    assert any(r.endswith(":document/AWS-StartPortForwardingSession") for r in start["Resource"])
+    assert "AmazonSSMManagedInstanceCore" in (BOOT / "README.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1328,16 +1484,23 @@ def bootstrapped(tmp_path_factory):
 
     prefix, keras_home = tmp / "opt" / "p8utils", tmp / "opt" / "keras"
     python, requirements = _supported_python()
-    # both pin sets, as on EMR: the bootstrap installs the one made for its Python
-    args = ["--prefix", prefix, "--keras-home", keras_home, "--python", python,
+    # As on EMR: both pin sets, the bootstrap installs the one made for its Python; with Python 3.11, picked by
+    # --python auto from a stand-in for the node's /usr/bin (P8_BOOTSTRAP_PYTHON_DIR) holding python3.11.
+    system_dir = tmp / "usr-bin"
+    system_dir.mkdir()
+    version = "3.11" if requirements == REQS else "3.9"
+    (system_dir / f"python{version}").symlink_to(python)
+    asked = "auto" if version == "3.11" else "3.9"
+    args = ["--prefix", prefix, "--keras-home", keras_home, "--python", asked,
             "--wheel", wheel, "--requirements", REQS, "--requirements", REQS39, "--weights", weights]
-    env = dict(os.environ, P8_BOOTSTRAP_LOCAL="1", TMPDIR=str(tmp))
+    env = dict(os.environ, P8_BOOTSTRAP_LOCAL="1", TMPDIR=str(tmp), P8_BOOTSTRAP_PYTHON_DIR=str(system_dir))
     first = _run([BOOT / "emr_bootstrap.sh", *args], env=env, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     again = _run([BOOT / "emr_bootstrap.sh", *args], env=env, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     return {"prefix": prefix, "keras_home": keras_home, "weights": weights, "tmp": tmp, "requirements": requirements,
-            "python": prefix / "venv" / "bin" / "python", "first": first, "again": again}
+            "python": prefix / "venv" / "bin" / "python", "first": first, "again": again, "asked": asked,
+            "interpreter": system_dir / f"python{version}", "version": version}
 
 
 @pytest.mark.slow
@@ -1354,6 +1517,30 @@ def test_bootstrap_installs_pins_and_p8utils_into_a_fresh_venv(bootstrapped):
     assert f"installing {bootstrapped['requirements'].name}" in log
     again = bootstrapped["again"].stdout + bootstrapped["again"].stderr
     assert "reusing existing virtualenv" in again and "already present and identical" in again
+
+
+@pytest.mark.slow
+def test_bootstrap_records_its_python_and_the_launcher_prints_it(bootstrapped, tmp_path):
+    """Issue 21: the node keeps what the bootstrap chose (PREFIX/venv/p8utils-python.json: what was asked, the
+    interpreter, its version, the pin file), and every run through the launcher prints it with the Python it runs."""
+    import hashlib
+
+    record_path = bootstrapped["prefix"] / "venv" / "p8utils-python.json"
+    record = json.loads(record_path.read_text())
+    requirements = bootstrapped["requirements"]
+    assert record["asked"] == bootstrapped["asked"]  # auto where this machine has Python 3.11
+    assert record["interpreter"] == str(bootstrapped["interpreter"])
+    assert record["version"].startswith(bootstrapped["version"] + ".")
+    assert record["venv_python"] == str(bootstrapped["python"])
+    assert record["requirements"] == requirements.name and record["requirements_source"] == str(requirements)
+    assert record["requirements_sha256"] == hashlib.sha256(requirements.read_bytes()).hexdigest()
+    log = bootstrapped["first"].stdout
+    assert f"Python choice recorded in {record_path}: --python {record['asked']} -> " in log
+    res = _run([bootstrapped["python"], bootstrapped["prefix"] / "p8utils_main.py", "--help"], cwd=tmp_path,
+               timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (f"p8utils launcher: python {record['version']} at {bootstrapped['python']}; pin set {requirements.name} "
+            f"(bootstrap: --python {record['asked']} -> {record['interpreter']}; {record_path})") in res.stderr
 
 
 @pytest.mark.slow

@@ -391,3 +391,11 @@ def test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table(target, monk
     assert _tags(spark, out) == {"third"}
     assert _names(out + "/features") == {f["name"] for f in third["files"]["features"]}
     assert _names(out) == {"features", "manifest.json", "pca"}
+
+
+def test_versions_record_the_interpreter_and_the_emr_pin_set(tmp_path, monkeypatch):
+    """On an EMR node of the kit the bootstrap's record names the pin set; elsewhere it is None."""
+    assert runs._versions()["pin_set"] is None and runs._versions()["python_executable"] == sys.executable
+    (tmp_path / runs.PYTHON_RECORD).write_text(json.dumps({"requirements": "requirements-emr.txt", "python": "3.11.9"}))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert runs._versions()["pin_set"] == "requirements-emr.txt"
