@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from p8utils.errors import Interrupted, OutputBusyError, P8UtilsError, RunCheckError, describe_failure, failure_text
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "console_main", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -557,3 +557,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":  # also the entry point of `spark-submit .../p8utils/cli.py run ...`
     sys.exit(main())
+
+
+def console_main() -> None:
+    """Entry point of the ``p8utils`` console script and of a Databricks ``python_wheel_task``.
+
+    Raises
+    ------
+    SystemExit
+        With :func:`main`'s exit code when it is not 0: a wheel task calls the
+        entry point as a function and ignores its return value, so a failed run
+        must raise to fail the task.
+    """
+    code = main()
+    if code:
+        raise SystemExit(code)

@@ -59,6 +59,10 @@ def _check_text(name: str, value: Any) -> str:
     return value.strip()
 
 
+def _check_location(name: str, value: Any) -> str:
+    return storage.resolve_location(name, _check_text(name, value))
+
+
 def _check_weights(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ParameterError(f"{name}={value!r} is not valid. Fix: pass one of {list(WEIGHT_MODES)} "
@@ -88,9 +92,9 @@ class RunConfig:
 
     input: str = field(metadata=_param(
         "images: folder or URI (s3://bucket/prefix) holding one sub-folder per class (the label is the folder name)",
-        check=_check_text))
+        check=_check_location))
     output: str = field(metadata=_param(
-        "run folder or URI for features/, pca/, manifest.json (and the notebooks' figures/)", check=_check_text))
+        "run folder or URI for features/, pca/, manifest.json (and the notebooks' figures/)", check=_check_location))
     model: str = field(default="mobilenet_v2", metadata=_param(
         "feature extractor: mobilenet_v2 (1280 features) or resnet50 (2048)", choices=lambda: sorted(MODELS),
         check=lambda n, v: get_spec(v).name))

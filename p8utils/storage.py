@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "S3_SCHEMES",
     "is_local",
+    "resolve_location",
     "is_s3",
     "s3_endpoint",
     "s3_client",
@@ -79,6 +80,34 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def resolve_location(name: str, uri: str) -> str:
+    """Return the location a run uses for the ``input``/``output`` parameter ``name`` given as ``uri``.
+
+    Databricks paths: ``dbfs:/Volumes/<catalog>/<schema>/<volume>/…`` is the Unity Catalog
+    volume every node mounts at ``/Volumes/…``, so it becomes that local path (the run
+    protocol's lease and manifest need a filesystem Python can write). Another ``dbfs:/…``
+    works only on a Databricks cluster (its Hadoop FileSystem); elsewhere it is refused here,
+    before any Spark job.
+
+    Raises
+    ------
+    ParameterError
+        ``dbfs:`` outside Databricks.
+    """
+    text = str(uri)
+    if text.startswith("dbfs:/Volumes/"):
+        return text[len("dbfs:"):]
+    if text.startswith("dbfs:") and not os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        from p8utils.errors import ParameterError
+
+        raise ParameterError(
+            f"{name}={uri!r}: dbfs: exists only on a Databricks cluster. Fix: pass a Unity Catalog volume "
+            "/Volumes/<catalog>/<schema>/<volume>/… (or its FUSE path /dbfs/… on a cluster), an s3:// URI, or, "
+            "off Databricks, a local folder."
+        )
+    return text
 
 
 def is_local(uri: str) -> bool:
@@ -440,7 +469,16 @@ def _hadoop_fs(spark: SparkSession, uri: str):  # noqa: ANN202 - py4j objects
         raise ValueError(f"a SparkSession is needed to access {uri!r}")
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+    try:
+        return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+    except Exception as exc:  # noqa: BLE001 - py4j wraps Hadoop's UnsupportedFileSystemException
+        if "No FileSystem for scheme" not in str(exc):
+            raise
+        from p8utils.errors import ParameterError
+
+        raise ParameterError(f"{uri!r}: this Spark has no filesystem for the scheme {urlparse(uri).scheme!r}. Fix: "
+                             "pass a local folder or an s3:// URI, or add that filesystem's connector to Spark."
+                             ) from None
 
 
 def exists(uri: str, spark: Optional[SparkSession] = None) -> bool:

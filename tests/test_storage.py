@@ -180,3 +180,16 @@ def test_spark_reads_and_writes_s3_through_the_s3a_connector(s3_spark, s3):
     assert sorted(r.id for r in s3_spark.read.parquet(f"s3://{bucket}/x").collect()) == [0, 1, 2, 3, 4]
     assert any(k.endswith(".parquet") for k in s3.keys(bucket, "x/"))
     assert storage.exists(f"s3://{bucket}/x/_SUCCESS")
+
+
+def test_databricks_locations(monkeypatch):
+    """dbfs:/Volumes/… is the volume's local path; other dbfs: URIs only on a Databricks cluster."""
+    from p8utils.errors import ParameterError
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    assert storage.resolve_location("input", "dbfs:/Volumes/main/fruits/raw/") == "/Volumes/main/fruits/raw/"
+    assert storage.resolve_location("input", "s3://b/p") == "s3://b/p"
+    with pytest.raises(ParameterError, match="/Volumes/<catalog>"):
+        storage.resolve_location("output", "dbfs:/FileStore/runs")
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    assert storage.resolve_location("output", "dbfs:/FileStore/runs") == "dbfs:/FileStore/runs"
