@@ -199,15 +199,7 @@ class PCAResult:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PCAResult:
-        """Read a fit written by :meth:`to_bytes`.
-
-        Raises
-        ------
-        DamagedRunFileError
-            ``data`` is not what :meth:`to_bytes` writes (truncated, another
-            file, arrays missing or of the wrong shape); the message says what
-            is wrong, not which file (the caller knows it).
-        """
+        """Read a fit written by :meth:`to_bytes` (a damaged one raises as :meth:`Moments.from_bytes` does)."""
         z = _load_npz(data, ("k", "variance_target", "explained_variance", "mean", "components", "n_rows"))
         k, target, n_rows = _scalar(z, "k", int), _scalar(z, "variance_target", float), _scalar(z, "n_rows", int)
         explained, mean, components = z["explained_variance"], z["mean"], z["components"]
