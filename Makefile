@@ -128,7 +128,7 @@ bench-scale: install-run
 # TEST_WORKERS=0 runs the suite in this process, one test at a time.
 TEST_WORKERS ?= 2
 test: install $(SPARK_KERNEL)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The quick loop: markers set by tests/conftest.py (jvm, heavy) plus slow; make test still runs everything.
 test-fast: install
