@@ -377,7 +377,22 @@ def _install_notebook_executions() -> None:
         setattr(ElasticMapReduceResponse, func.__name__, func)
 
 
+def _install_serial_recording() -> None:
+    """moto's recorder appends each request as two writes from the server's request threads: concurrent
+    requests (Spark's S3A tasks) interleaved their lines, so one lock serialises the whole record."""
+    from moto.moto_api._internal.recorder.models import Recorder
+
+    record, lock = Recorder._record_request, threading.Lock()
+
+    def serial_record(self: Any, *args: Any, **kwargs: Any) -> None:
+        with lock:
+            record(self, *args, **kwargs)
+
+    Recorder._record_request = serial_record
+
+
 def _serve(port: int) -> int:
+    _install_serial_recording()
     if os.environ.get("P8_EMULATOR_VALIDATE", "1") != "0":
         _install_emr_validation()
         _install_s3_validation()
