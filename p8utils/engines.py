@@ -15,16 +15,23 @@ An :class:`Engine` has two halves:
     ``(n, h, w, 3)``, to features, float32 ``(n, spec.width)``.
 
 The featurization UDF, ``python -m p8utils check`` and the benchmark all go
-through :func:`get_engine`, so they measure and run the same code.
+through :func:`get_engine`, so they measure and run the same code. With
+``bundle = models.load_weights("mobilenet_v2", "offline")``,
+``get_engine("tflite").build(bundle.spec, payload(bundle, "tflite"), 2)`` is
+a predictor mapping a float32 ``(4, 224, 224, 3)`` batch to ``(4, 1280)``
+features (it builds a TensorFlow model: seconds, so not an example here).
 
 Examples
 --------
->>> from p8utils import engines, models                      # doctest: +SKIP
->>> bundle = models.load_weights("mobilenet_v2", "offline")  # doctest: +SKIP
->>> engine = engines.get_engine("tflite")                    # doctest: +SKIP
->>> predict = engine.build(bundle.spec, engines.payload(bundle, "tflite"), 2)  # doctest: +SKIP
->>> predict(np.zeros((4, 224, 224, 3), np.float32)).shape    # doctest: +SKIP
-(4, 1280)
+>>> from p8utils import engines
+>>> list(engines.ENGINES), engines.DEFAULT_ENGINE
+(['keras', 'tflite', 'tflite-int8'], 'tflite')
+>>> [name for name, engine in engines.ENGINES.items() if engine.calibrated]
+['tflite-int8']
+>>> engines.get_engine("onnx")
+Traceback (most recent call last):
+    ...
+p8utils.errors.ParameterError: engine='onnx' is not supported. Fix: use one of ['keras', 'tflite', 'tflite-int8'].
 """
 
 from __future__ import annotations

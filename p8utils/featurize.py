@@ -207,12 +207,8 @@ def featurize(
         ``df`` (without ``input_col`` when it is binary; without a previous
         ``error`` column), plus ``features`` (array<float> of length
         ``bundle.spec.width``, null for bad images) and ``error`` (string, null
-        for good images). Lazy: nothing runs until an action.
-
-    Examples
-    --------
-    >>> feats = featurize(images.load_images(spark, "data_sample"), bundle)  # doctest: +SKIP
-    >>> feats.select("path", "features", "error").first()                    # doctest: +SKIP
+        for good images). Lazy: nothing runs until an action, e.g.
+        ``featurize(images.load_images(spark, "data_sample"), bundle).select("path", "features", "error").first()``.
     """
     from pyspark.sql import functions as F
 

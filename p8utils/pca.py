@@ -23,6 +23,21 @@ components equal up to sign; ``tests/test_pca.py``):
 Spark's ``PCAModel.transform`` does not subtract the mean, so :func:`transform`
 projects ``x - mean``: scores equal those of scikit-learn's ``PCA`` up to the
 sign of each component.
+
+Examples
+--------
+The driver's half of the covariance method, on the moments of three 2-d rows
+(no Spark; :func:`moments` computes them from a DataFrame):
+
+>>> import numpy as np
+>>> from p8utils.pca import Moments, fit_moments, k_for_variance
+>>> x = np.array([[0.0, 0.0], [2.0, 1.0], [4.0, 2.0]])
+>>> centred = x - x.mean(axis=0)
+>>> fit = fit_moments(Moments(3, x.mean(axis=0), centred.T @ centred), k=1)
+>>> fit.explained_variance.round(6).tolist(), fit.components[:, 0].round(3).tolist()
+([1.0, 0.0], [0.894, 0.447])
+>>> k_for_variance(np.array([0.6, 0.3, 0.1]), 0.9), k_for_variance(np.array([0.6, 0.3]), 1.0)
+(2, None)
 """
 
 from __future__ import annotations

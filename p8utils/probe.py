@@ -34,11 +34,17 @@ point of accuracy on the same split.
 
 Examples
 --------
->>> from p8utils import pca, probe                                   # doctest: +SKIP
->>> result = probe.linear_probe(features)                            # doctest: +SKIP
->>> result.accuracy, result.macro_f1                                 # doctest: +SKIP
->>> fit = pca.fit_pca(features, k=200)                               # doctest: +SKIP
->>> curve = probe.probe_curve(features, fit, ks=(10, 50, 100, 200))  # doctest: +SKIP
+With Spark, ``linear_probe(features)`` gives a :class:`ProbeResult`
+(``.accuracy``, ``.macro_f1``) and ``probe_curve(features, pca.fit_pca(features,
+k=200), ks=(10, 50, 100, 200))`` a table with one row per ``k``. Reading such
+a table needs nothing more:
+
+>>> import pandas as pd
+>>> from p8utils.probe import plateau_k
+>>> curve = pd.DataFrame({"representation": ["pca"] * 4 + ["raw"], "k": [10, 50, 100, 200, 1280],
+...                       "accuracy": [0.80, 0.952, 0.955, 0.956, 0.96]})
+>>> plateau_k(curve)  # the smallest k within 0.5 point of the best PCA accuracy
+50
 """
 
 from __future__ import annotations
@@ -70,7 +76,6 @@ __all__ = [
     "linear_probe",
     "plateau_k",
     "probe_curve",
-    "sklearn_c",
     "stratified_split",
 ]
 
@@ -126,11 +131,6 @@ class ProbeResult:
     n_train: int
     n_test: int
     n_classes: int
-
-
-def sklearn_c(reg_param: float, n_train: int) -> float:
-    """Return the scikit-learn ``C`` giving the probe's objective: ``1 / (reg_param × n_train)``."""
-    return 1.0 / (float(reg_param) * int(n_train))
 
 
 def _check_split(test_fraction: float, max_rows: Optional[int]) -> None:

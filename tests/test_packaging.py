@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
+import io
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -104,6 +108,43 @@ def test_ruff_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "."],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout
+
+
+#: The only ``+SKIP`` doctest lines allowed, at most this many per file, and why they cannot run here.
+_SKIPPED_DOCTESTS = {
+    "p8utils/pipeline.py": 2,  # pipeline.run: Spark and a TensorFlow model, about a minute (tests/test_pipeline.py)
+}
+
+
+def _package_modules() -> list:
+    import p8utils
+
+    names = ["p8utils"] + [m.name for m in pkgutil.walk_packages(p8utils.__path__, "p8utils.")]
+    return [n for n in names if not n.endswith("__main__")]  # __main__ parses sys.argv when imported
+
+
+def test_docstring_examples_run_and_are_true():
+    """Every p8utils module's doctests pass (they run without Spark or TensorFlow: small inputs)."""
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    report = io.StringIO()
+    for name in _package_modules():
+        module = importlib.import_module(name)
+        for test in doctest.DocTestFinder(exclude_empty=True).find(module, name):
+            runner.run(test, out=report.write)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0, report.getvalue()
+    assert results.attempted >= 30, f"only {results.attempted} doctest examples ran: were they deleted?"
+
+
+def test_docstring_examples_are_not_skipped():
+    """Examples are made true and cheap, or removed: ``+SKIP`` only where listed in _SKIPPED_DOCTESTS."""
+    found = {}
+    for path in sorted((ROOT / "p8utils").rglob("*.py")):
+        n = len(re.findall(r"doctest:.*\+SKIP", path.read_text(encoding="utf-8")))
+        if n:
+            found[path.relative_to(ROOT).as_posix()] = n
+    over = {f: n for f, n in found.items() if n > _SKIPPED_DOCTESTS.get(f, 0)}
+    assert not over, f"+SKIP doctest lines: {over}; make the example cheap and true, or keep it as prose"
 
 
 @pytest.mark.heavy  # builds a wheel in a subprocess: seconds

@@ -13,9 +13,13 @@ from p8utils.probe import (
     linear_probe,
     plateau_k,
     probe_curve,
-    sklearn_c,
     stratified_split,
 )
+
+
+def sklearn_c(reg_param: float, n_train: int) -> float:
+    """Return the scikit-learn ``C`` giving the probe's objective: ``1 / (reg_param × n_train)`` (p8utils.probe)."""
+    return 1.0 / (float(reg_param) * int(n_train))
 
 
 def _clusters(n_classes=6, per_class=30, d=20, seed=0, spread=1.6):

@@ -8,11 +8,14 @@ what it needs, and a missing one is reported with the fix.
 Modules
 -------
 paths       Notebook path rules (relative to the project root) and the run folders under ``<project>/runs``.
-samples     Bounded data brought to the driver: a random sample of rows, PCA scores, a few images.
+samples     Bounded data brought to the driver: the PCA scores of a random sample of rows, a few images.
 summaries   Tables and text about a run or a PCA fit: counts, a readable preview, summaries.
 plots       Figures: explained variance (scree + cumulative), score scatters (2-D, 3-D), image grids.
 figures     The one figure writer: PNG bytes, figures and CSV tables to a local path or a Hadoop URI.
 progress    Progress of the Spark jobs of a block (status tracker -> tqdm bar / text lines).
+settings    The analysis settings (variance targets, classes named, points plotted …), declared once.
+analysis    The PCA analysis of a run in one call (notebooks 02 and 03).
+explorer    The interactive explorer page (Bokeh): PC scatters with image thumbnails on hover.
 """
 
 from __future__ import annotations

@@ -10,24 +10,26 @@ the first components, and writes them under ``<output>/figures/`` and
 02 (sparkmagic on EMR, where the run is on S3) both call it, so the analysis of
 a cluster run is made on the cluster, with the cluster's filesystem.
 
-Examples
---------
->>> analysis = analyse_run(spark, "runs/demo")            # doctest: +SKIP
->>> analysis.figures["scree_cumulative"]                  # doctest: +SKIP
->>> print(analysis.summary())                             # doctest: +SKIP
+Its thresholds and bounds are an :class:`~p8utils.notebook.settings.AnalysisSettings`
+(the notebooks build theirs from their parameters): ``analyse_run(spark,
+"runs/demo")`` uses the defaults, ``analyse_run(spark, "runs/demo", settings,
+pyplot=True)`` a notebook's, and keyword arguments change single settings
+(``analyse_run(spark, "runs/demo", probe=True)``). The result's ``figures``
+holds the figures (``analysis.figures["scree_cumulative"]``) and
+``summary()`` sums it up.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Union
 
 from p8utils import pca, runs, storage
 from p8utils.notebook import explorer as explorer_page
 from p8utils.notebook import figures, plots, samples, summaries
+from p8utils.notebook.settings import DEFAULTS, AnalysisSettings
 from p8utils.probe import DEFAULT_KS, probe_curve
-from p8utils.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -35,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
     from pyspark.sql import SparkSession
 
-__all__ = ["PROBE_MAX_ROWS", "Analysis", "analyse_run"]
+__all__ = ["PROBE_MAX_ROWS", "Analysis", "AnalysisSettings", "analyse_run"]
 
 #: Components kept for the scatter plots (and the component-extremes figure, the explorer's tabs).
 _PLOTTED_COMPONENTS = 3
@@ -43,8 +45,9 @@ _PLOTTED_COMPONENTS = 3
 #: Side in pixels of the images read for the component-extremes figure.
 _EXTREME_IMAGE_PX = 160
 
-#: Rows the linear probe of :func:`analyse_run` uses at most (the same number per class), so it stays cheap.
-PROBE_MAX_ROWS = 20_000
+#: Rows the linear probe of :func:`analyse_run` uses at most (the same number per class), so it stays cheap
+#: (:attr:`.AnalysisSettings.probe_max_rows`).
+PROBE_MAX_ROWS = DEFAULTS.probe_max_rows
 
 
 @dataclass
@@ -97,18 +100,11 @@ def analyse_run(
     spark: SparkSession,
     run: Union[str, runs.RunLayout],
     output: Optional[str] = None,
+    settings: Optional[AnalysisSettings] = None,
     *,
-    thresholds: Sequence[float] = plots.DEFAULT_THRESHOLDS,
-    top_n: Optional[int] = 30,
-    max_plot_points: int = 5000,
-    show_3d: bool = True,
-    seed: int = 0,
     pyplot: bool = False,
     explorer: bool = True,
-    explorer_points: int = explorer_page.MAX_POINTS,
-    extreme_images: int = 5,
-    probe: bool = False,
-    probe_max_rows: int = PROBE_MAX_ROWS,
+    **changes: Any,
 ) -> Analysis:
     """Fit the PCA of a run's features once, draw the analysis figures and write them.
 
@@ -119,79 +115,79 @@ def analyse_run(
         The run folder (or its ``features/``), local or URI.
     output : str, optional
         Folder for ``figures/`` and ``variance_table.csv``; default ``<run>/analysis``.
-    thresholds : sequence of float
-        Cumulative explained-variance targets in (0, 1] marked on the plot and in the table.
-    top_n : int or None
-        Classes named in the scatter legends (the others grey); None: all.
-    max_plot_points : int
-        At most this many images are brought to the driver for the scatters.
-    show_3d : bool
-        Also draw PC1–PC3 in 3-D.
-    seed : int
-        Seed of the plotted sample (and of the probe's split).
+    settings : AnalysisSettings, optional
+        Thresholds and bounds (default: :data:`p8utils.notebook.settings.DEFAULTS`):
+        the variance ``thresholds`` marked on the plot and in the table,
+        ``top_n`` classes named in the scatter legends, at most
+        ``max_plot_points`` images brought to the driver for the scatters,
+        ``show_3d``, ``seed`` (the plotted sample, the probe's split),
+        ``explorer_points``, ``extreme_images`` (images per end in the
+        ``component_extremes`` figure, read on the driver: at most
+        ``2 * extreme_images * 3`` files; 0: no such figure), ``probe`` and
+        ``probe_max_rows`` (below).
     pyplot : bool
         Make the figures through pyplot (for sparkmagic's ``%matplot plt``).
     explorer : bool
         Also write the interactive explorer ``<output>/explorer.html``
         (:func:`p8utils.notebook.explorer.write_explorer`; needs Bokeh, else a
         warning and no page).
-    explorer_points : int
-        At most this many points (and thumbnails read) in the explorer.
-    extreme_images : int
-        Images per end in the ``component_extremes`` figure (read on the driver:
-        at most ``2 * extreme_images * 3`` files); 0: no such figure.
-    probe : bool
-        Also run the linear probe (:func:`p8utils.probe.probe_curve`: Spark ML
-        logistic regression on a stratified split, seed ``seed``) on the centred
-        scores at ``k`` in :data:`p8utils.probe.DEFAULT_KS` and on the raw
-        features; figure ``probe_accuracy`` (accuracy vs ``k`` next to the
-        cumulative variance), table ``<output>/probe_curve.csv``.
-    probe_max_rows : int
-        The probe uses at most about this many rows, the same number per class
-        (default :data:`PROBE_MAX_ROWS`).
+    **changes
+        Settings that replace those of ``settings``, by name (e.g. ``probe=True``).
+        With ``probe``, the linear probe (:func:`p8utils.probe.probe_curve`:
+        Spark ML logistic regression on a stratified split of at most about
+        ``probe_max_rows`` rows, seed ``seed``) runs on the centred scores at
+        ``k`` in :data:`p8utils.probe.DEFAULT_KS` and on the raw features;
+        figure ``probe_accuracy`` (accuracy vs ``k`` next to the cumulative
+        variance), table ``<output>/probe_curve.csv``.
 
     Returns
     -------
     Analysis
+
+    Raises
+    ------
+    ParameterError
+        A bad setting, or a name in ``changes`` that is not a setting.
     """
+    opts = (settings or DEFAULTS).replace(**changes)
     layout = run if isinstance(run, runs.RunLayout) else runs.find_run(run, spark)
     out = output or layout.analysis
-    extreme_images = int(check_int("extreme_images", extreme_images, 0, example=5))
     features = runs.read_features(layout, spark)
-    if probe:  # every component for the probe; the plots use the first ones of the same fit
+    if opts.probe:  # every component for the probe; the plots use the first ones of the same fit
         full = pca.fit_pca(features, variance=1.0)
         fit = replace(full, k=_PLOTTED_COMPONENTS, variance_target=None,
                       components=full.components[:, :_PLOTTED_COMPONENTS].copy())
     else:
         fit = pca.fit_pca(features, k=_PLOTTED_COMPONENTS)
-    scores = samples.collect_scores(pca.transform(fit, features), max_plot_points, seed=seed)
+    scores = samples.collect_scores(pca.transform(fit, features), opts.max_plot_points, seed=opts.seed)
     ev = fit.explained_variance
     drawn: Dict[str, Optional[Figure]] = {
-        "scree_cumulative": plots.variance_plot(ev, thresholds, pyplot=pyplot),
-        "pc1_pc2": plots.scatter(scores.scores, scores.labels, dims=(0, 1), top_n=top_n, explained=ev,
+        "scree_cumulative": plots.variance_plot(ev, opts.thresholds, pyplot=pyplot),
+        "pc1_pc2": plots.scatter(scores.scores, scores.labels, dims=(0, 1), top_n=opts.top_n, explained=ev,
                                  title=f"PC1 vs PC2: {scores.describe()}", pyplot=pyplot),
-        "pc1_pc3": plots.scatter(scores.scores, scores.labels, dims=(0, 2), top_n=top_n, explained=ev,
+        "pc1_pc3": plots.scatter(scores.scores, scores.labels, dims=(0, 2), top_n=opts.top_n, explained=ev,
                                  title=f"PC1 vs PC3: {scores.describe()}", pyplot=pyplot),
-        "pc1_pc2_pc3_3d": plots.scatter_3d(scores.scores, scores.labels, top_n=top_n, explained=ev,
+        "pc1_pc2_pc3_3d": plots.scatter_3d(scores.scores, scores.labels, top_n=opts.top_n, explained=ev,
                                            title=f"PC1, PC2, PC3: {scores.describe()}", pyplot=pyplot)
-        if show_3d else None,
-        "component_extremes": _component_extremes(scores, ev, spark, extreme_images, pyplot)
-        if extreme_images and scores.n >= 2 else None,
+        if opts.show_3d else None,
+        "component_extremes": _component_extremes(scores, ev, spark, opts.extreme_images, pyplot)
+        if opts.extreme_images and scores.n >= 2 else None,
     }
-    curve = probe_curve(features, full, DEFAULT_KS, seed=seed, max_rows=probe_max_rows) if probe else None
-    if curve is not None:
+    curve = None
+    if opts.probe:
+        curve = probe_curve(features, full, DEFAULT_KS, seed=opts.seed, max_rows=opts.probe_max_rows)
         drawn["probe_accuracy"] = plots.probe_plot(curve, ev, variance_target=pca.DEFAULT_VARIANCE, pyplot=pyplot)
-    table = plots.variance_table(ev, thresholds)
+    table = plots.variance_table(ev, opts.thresholds)
     files = figures.save_figures(drawn, storage.join(out, "figures"), spark)
     files["variance_table"] = figures.save_table(table, storage.join(out, "variance_table.csv"), spark)
     if curve is not None:
         files["probe_curve"] = figures.save_table(curve, storage.join(out, "probe_curve.csv"), spark)
     page = _write_explorer(spark, layout, storage.join(out, explorer_page.EXPLORER_FILE), scores, ev,
-                           explorer_points, seed) if explorer else None
+                           opts.explorer_points, opts.seed) if explorer else None
     if page:
         files["explorer"] = page
     return Analysis(layout, out, fit, scores, table, {k: v for k, v in drawn.items() if v is not None}, files,
-                    tuple(thresholds), page, curve)
+                    opts.thresholds, page, curve)
 
 
 def _component_extremes(

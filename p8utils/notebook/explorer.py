@@ -22,13 +22,27 @@ so a page of 2,000 Fruits-360 photos weighs about 5–6 MB (measured: 2,000 poin
 of 131 classes, 5.5 MB), whatever the size of the dataset. Only the files of the
 drawn points are read, on the driver (:func:`read_thumbnails`).
 
+:func:`write_explorer` ``(spark, "runs/demo")`` writes the page of a run
+(``runs/demo/explorer.html`` unless told where) and returns its location; :func:`explorer_html` returns
+the page of a :class:`~p8utils.notebook.samples.ScoreSample` as a string, and
+:func:`notebook_view` shows a written page in a notebook.
+
 Examples
 --------
->>> from p8utils.notebook import explorer                       # doctest: +SKIP
->>> explorer.write_explorer(spark, "runs/demo")                 # doctest: +SKIP
-'/abs/runs/demo/explorer.html'
->>> from IPython.display import HTML, display                   # doctest: +SKIP
->>> display(HTML(explorer.explorer_html(sample, explained)))    # doctest: +SKIP
+The bounds, on a sample of 5 images:
+
+>>> import io
+>>> import numpy as np
+>>> from PIL import Image
+>>> from p8utils.notebook.explorer import make_thumbnail, subsample
+>>> from p8utils.notebook.samples import ScoreSample
+>>> sample = ScoreSample(np.arange(10.0).reshape(5, 2), list("aabbc"), [f"/d/{i}.jpg" for i in range(5)], 5)
+>>> subsample(sample, max_points=3).describe()
+'3 of 5 images (random sample), 2 classes'
+>>> photo = io.BytesIO()
+>>> Image.new("RGB", (100, 80), "red").save(photo, "JPEG")
+>>> Image.open(io.BytesIO(make_thumbnail(photo.getvalue(), size=32))).size
+(32, 32)
 """
 
 from __future__ import annotations
@@ -45,7 +59,9 @@ import numpy as np
 from p8utils import runs, storage
 from p8utils.errors import ParameterError
 from p8utils.notebook import missing_extra
+from p8utils.notebook._labels import axis_label, class_name
 from p8utils.notebook.samples import ScoreSample, collect_scores
+from p8utils.notebook.settings import DEFAULTS
 from p8utils.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,8 +79,9 @@ __all__ = [
     "write_explorer",
 ]
 
-#: Most points drawn by the explorer (a seeded uniform random sample beyond): the page stays ~5–6 MB.
-MAX_POINTS = 2000
+#: Most points drawn by the explorer (a seeded uniform random sample beyond): the page stays ~5–6 MB
+#: (:attr:`.AnalysisSettings.explorer_points`).
+MAX_POINTS = DEFAULTS.explorer_points
 
 #: Side of the hover thumbnails, in pixels.
 THUMBNAIL_PX = 64
@@ -233,13 +250,6 @@ def _data_uri(data: Optional[bytes]) -> str:
     return f"data:{mime};base64,{base64.b64encode(bytes(data)).decode('ascii')}"
 
 
-def _class_name(label: Any) -> str:
-    """Class label as display text, as in the PNG scatters: ``None`` (or NaN) -> ``"(no label)"``."""
-    if label is None or (isinstance(label, float) and np.isnan(label)):
-        return "(no label)"
-    return str(label)
-
-
 def _file_name(path: str) -> str:
     """Last part of a path or URI, percent-encoding of Spark's ``file:`` form left as is."""
     return str(path).rstrip("/").rsplit("/", 1)[-1]
@@ -252,18 +262,6 @@ def _check_components(components: Sequence[int], k: int) -> Tuple[int, ...]:
         raise ParameterError(f"components={tuple(components)!r}: need at least two distinct 0-based components "
                              f"below k = {k}. Fix: e.g. components=(0, 1, 2).")
     return comps
-
-
-def _pct(ratio: float) -> str:
-    """``0.234 -> "23.4 %"``."""
-    return f"{100.0 * ratio:.1f} %"
-
-
-def _axis_label(dim: int, explained: Optional[np.ndarray]) -> str:
-    """``"PC1 (23.4 % var.)"`` for 0-based ``dim``; ``"PC1"`` without ratios."""
-    if explained is not None and dim < explained.size:
-        return f"PC{dim + 1} ({_pct(float(explained[dim]))} var.)"
-    return f"PC{dim + 1}"
 
 
 def _tooltip(x: int, y: int) -> str:
@@ -292,7 +290,7 @@ def _class_sources(sample: ScoreSample, comps: Tuple[int, ...], thumbnails: Mapp
     """
     from bokeh.models import ColumnDataSource
 
-    labels = np.asarray([_class_name(v) for v in sample.labels], dtype=object)
+    labels = np.asarray([class_name(v) for v in sample.labels], dtype=object)
     sources = {}
     for cls in sorted(set(labels.tolist()), key=lambda c: (c.casefold(), c)):
         idx = np.flatnonzero(labels == cls)
@@ -328,8 +326,8 @@ def _scatter_tab(sources: Mapping[str, Any], x: int, y: int, explained: Optional
 
     n_points = sum(len(s.data["label"]) for s in sources.values())
     size = float(np.clip(120.0 / np.sqrt(max(n_points, 1)), 4.0, 9.0))
-    fig = figure(width=width, height=height, x_axis_label=_axis_label(x, explained),
-                 y_axis_label=_axis_label(y, explained), tools="pan,wheel_zoom,box_zoom,reset,save",
+    fig = figure(width=width, height=height, x_axis_label=axis_label(x, explained, trim=False),
+                 y_axis_label=axis_label(y, explained, trim=False), tools="pan,wheel_zoom,box_zoom,reset,save",
                  active_scroll="wheel_zoom", name=f"PC{x + 1}-PC{y + 1}", toolbar_location="above")
     styles = class_styles(list(sources))
     renderers = []

@@ -24,7 +24,7 @@ from p8utils.errors import ParameterError
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
-__all__ = ["RUNS", "find_run", "new_run", "project_root", "resolve_path", "runs_dir"]
+__all__ = ["RUNS", "new_run", "project_root", "resolve_path", "resolve_run", "runs_dir"]
 
 #: Folder of the local runs, relative to the project root.
 RUNS = "runs"
@@ -123,13 +123,18 @@ def new_run(root: Optional[Union[str, os.PathLike]] = None) -> str:
     return runs.new_run_dir(runs_dir(root))
 
 
-def find_run(
+def resolve_run(
     path: str,
     spark: Optional[SparkSession] = None,
     *,
     root: Optional[Union[str, os.PathLike]] = None,
 ) -> runs.RunLayout:
-    """Locate a run from a notebook parameter: a run folder, its ``features/``, or empty for the newest run.
+    """Resolve a notebook's run parameter: a run folder, its ``features/``, or empty for the newest run.
+
+    What :func:`resolve_path` is to a path, this is to a run: the notebook
+    rules (relative to the project root; empty = the newest complete run under
+    ``<project>/runs``) applied, then :func:`p8utils.runs.find_run`, which
+    locates the run from an explicit folder or URI.
 
     Parameters
     ----------

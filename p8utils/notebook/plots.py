@@ -55,6 +55,8 @@ import pandas as pd
 
 from p8utils.errors import ParameterError
 from p8utils.notebook import missing_extra
+from p8utils.notebook._labels import axis_label, class_name, pct
+from p8utils.notebook.settings import DEFAULTS
 from p8utils.pca import VARIANCE_TOLERANCE, k_for_variance
 from p8utils.probe import PLATEAU_TOLERANCE, plateau_k
 from p8utils.validation import check_fraction, check_int
@@ -84,8 +86,8 @@ __all__ = [
     "variance_table",
 ]
 
-#: Cumulative explained-variance targets marked by default.
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.90, 0.95, 0.99)
+#: Cumulative explained-variance targets marked by default (:attr:`.AnalysisSettings.thresholds`).
+DEFAULT_THRESHOLDS: tuple[float, ...] = DEFAULTS.thresholds
 
 #: Colour of the points grouped as "other".
 _OTHER_COLOUR = "#b0b0b0"
@@ -234,12 +236,6 @@ def _as_thresholds(thresholds: Sequence[float]) -> list[float]:
     if isinstance(thresholds, (int, float)):
         thresholds = [thresholds]
     return sorted({float(check_fraction("thresholds", t)) for t in thresholds})
-
-
-def _pct(fraction: float, decimals: int = 1) -> str:
-    """Format a fraction as a percentage, ``0.9 -> "90 %"``, ``0.995 -> "99.5 %"``."""
-    text = f"{fraction * 100:.{decimals}f}".rstrip("0").rstrip(".")
-    return f"{text} %"
 
 
 def k_for_thresholds(
@@ -477,9 +473,9 @@ def variance_plot(
         k = ks[t]
         ax_cum.axhline(t, color=colour, linestyle="--", linewidth=1.1, zorder=1)
         if k is None:
-            text = f"{_pct(t)}: not reached (all {d} give {_pct(float(cumulative[-1]), 2)})"
+            text = f"{pct(t)}: not reached (all {d} give {pct(float(cumulative[-1]), 2)})"
         else:
-            text = f"{_pct(t)}: k = {k}"
+            text = f"{pct(t)}: k = {k}"
             if k <= m:
                 _mark_threshold(ax_cum, k, float(cumulative[k - 1]), m, colour, label=k not in marked)
                 marked.add(k)
@@ -555,13 +551,6 @@ def class_styles(classes: Sequence[str]) -> dict[str, tuple[str, str]]:
     }
 
 
-def _label_text(label: Any) -> str:
-    """Class label as display text: ``None`` -> ``"(no label)"``, ``$`` escaped."""
-    if label is None or (isinstance(label, float) and math.isnan(label)):
-        return "(no label)"
-    return str(label)
-
-
 def _escape(text: str) -> str:
     """Escape ``$`` so that matplotlib does not parse data as mathtext."""
     return text.replace("$", r"\$")
@@ -575,7 +564,7 @@ def _group_classes(
     Parameters
     ----------
     labels : sequence, length n
-        Class of each point (converted with :func:`_label_text`).
+        Class of each point (converted with :func:`class_name`).
     top_n : int or None
         Number of classes shown by name; None for all.
 
@@ -624,7 +613,7 @@ def _check_scores(
             f"scores has shape {arr.shape}: expected a 2-D array (n images, m components), "
             "e.g. np.stack(df['pca_features'])"
         )
-    text = [_label_text(v) for v in labels]
+    text = [class_name(v) for v in labels]
     if len(text) != arr.shape[0]:
         raise ParameterError(
             f"labels has {len(text)} entries but scores has {arr.shape[0]} rows: "
@@ -638,14 +627,6 @@ def _check_scores(
         )
     check_int("top_n", top_n, 0, example=20, optional=True)
     return arr, text, dims_t
-
-
-def _axis_label(dim: int, explained: np.ndarray | None) -> str:
-    """``"PC1 (23.4 % var.)"`` for 0-based ``dim``; ``"PC1"`` without ratios."""
-    name = f"PC{dim + 1}"
-    if explained is not None and dim < explained.size:
-        name += f" ({_pct(float(explained[dim]))} var.)"
-    return name
 
 
 def _point_size(n: int) -> float:
@@ -784,7 +765,7 @@ def _class_scatter(
     handles, names, n_classes, n = _draw_classes(ax, arr, text, dims_t, top_n, *style)
     setters = (ax.set_xlabel, ax.set_ylabel, getattr(ax, "set_zlabel", None))
     for set_label, dim in zip(setters, dims_t):
-        set_label(_axis_label(dim, ratios))
+        set_label(axis_label(dim, ratios))
     axes = (" vs " if len(dims_t) == 2 else ", ").join(f"PC{i + 1}" for i in dims_t)
     return fig, ax, handles, names, f"{axes} (n = {n} images, {n_classes} classes)"
 
@@ -1047,7 +1028,7 @@ def image_grid(
         One axes per image (ticks hidden).
     """
     images = list(images)
-    names = [_label_text(v) for v in labels]
+    names = [class_name(v) for v in labels]
     if not images:
         raise ParameterError("images is empty: pass at least one image (array or file bytes)")
     if len(names) != len(images):
@@ -1197,7 +1178,7 @@ def component_extremes(
     def _labels(given: Sequence[Sequence[str]] | None, side: str) -> list[list[str]]:
         if given is None:
             return [[""] * p for _ in range(m)]
-        rows = [[_label_text(v) for v in row] for row in given]
+        rows = [[class_name(v) for v in row] for row in given]
         if len(rows) != m or any(len(row) != p for row in rows):
             raise ParameterError(f"labels_{side} must have the shape of images_{side}: {m} rows of {p}")
         return rows
@@ -1225,7 +1206,7 @@ def component_extremes(
             if name:
                 ax.set_xlabel(_wrap_title(_escape(name), max_label_chars), fontsize="x-small")
             if col == 0:
-                ax.set_ylabel(_axis_label(comps[j], ratios).replace(" (", "\n("), fontsize="small")
+                ax.set_ylabel(axis_label(comps[j], ratios).replace(" (", "\n("), fontsize="small")
             if j == 0 and col in (0, 2 * p - 1):
                 ax.set_title("lowest" if col == 0 else "highest", fontsize="small", loc="left" if col == 0
                              else "right", color="#555555")
@@ -1339,17 +1320,17 @@ def probe_plot(
         acc = float(raw["accuracy"].iloc[0])
         ax.axhline(acc, color="#1f77b4", linestyle="--", linewidth=1.0, zorder=1)
         handles.append(Line2D([], [], color="#1f77b4", linestyle="--",
-                              label=f"raw features ({int(raw['k'].iloc[0])}-d): {_pct(acc)}"))
+                              label=f"raw features ({int(raw['k'].iloc[0])}-d): {pct(acc)}"))
     if k_flat is not None:
         acc = float(pcs.loc[pcs["k"] == k_flat, "accuracy"].iloc[0])
         ax.axvline(k_flat, color="#2ca02c", linestyle=":", linewidth=1.6, zorder=1)
         handles.append(Line2D([], [], color="#2ca02c", linestyle=":", linewidth=1.6,
                               label=f"accuracy plateau (within {tol * 100:g} pt of the best): k = {k_flat}, "
-                                    f"{_pct(acc)}"))
+                                    f"{pct(acc)}"))
     if k_var is not None:
         ax.axvline(k_var, color="#d62728", linestyle=":", linewidth=1.6, zorder=1)
         handles.append(Line2D([], [], color="#d62728", linestyle=":", linewidth=1.6,
-                              label=f"{_pct(target)} of the variance: k = {k_var}"))
+                              label=f"{pct(target)} of the variance: k = {k_var}"))
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, fontsize="small",
               frameon=False)
     ax.set_zorder(ax_var.get_zorder() + 1)  # the probe curves and the legend above the variance curve

@@ -1,4 +1,4 @@
-"""Bounded data brought to the driver: a random sample of rows, PCA scores, a few images.
+"""Bounded data brought to the driver: the PCA scores of a random sample of rows, a few images.
 
 Every function here collects at most a fixed number of rows, never every
 feature vector, so the same notebook works on 80 images and on 90,000.
@@ -13,12 +13,13 @@ import numpy as np
 
 from p8utils import storage
 from p8utils.errors import ParameterError
+from p8utils.notebook.settings import DEFAULTS
 from p8utils.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["ScoreSample", "bounded_sample", "collect_scores", "sample_images"]
+__all__ = ["ScoreSample", "collect_scores", "sample_images"]
 
 #: Files larger than this are not read for an image grid (shown as "cannot decode").
 _MAX_GRID_BYTES = 20 * 1024 * 1024
@@ -32,34 +33,6 @@ def _limited(df: DataFrame, n_total: int, max_rows: int, seed: int) -> DataFrame
     """
     fraction = min(1.0, (max_rows * 1.1 + 20) / max(n_total, 1))
     return df.sample(withReplacement=False, fraction=fraction, seed=seed).limit(max_rows)
-
-
-def bounded_sample(df: DataFrame, max_rows: int, seed: int = 0) -> DataFrame:
-    """At most ``max_rows`` rows of ``df``, a uniform random sample when it has more.
-
-    Parameters
-    ----------
-    df : pyspark.sql.DataFrame
-        Any rows.
-    max_rows : int
-        Upper bound, at least 1.
-    seed : int
-        Sampling seed (same data and partitioning → same rows).
-
-    Returns
-    -------
-    pyspark.sql.DataFrame
-        ``df`` itself when it has at most ``max_rows`` rows (one ``count``
-        job); otherwise a Bernoulli sample cut to ``max_rows`` rows.
-
-    Raises
-    ------
-    ParameterError
-        ``max_rows`` is not a positive integer.
-    """
-    max_rows = int(check_int("max_rows", max_rows, 1, example=5000))
-    n = df.count()
-    return df if n <= max_rows else _limited(df, n, max_rows, seed)
 
 
 @dataclass(frozen=True)
@@ -110,7 +83,7 @@ class ScoreSample:
 
 def collect_scores(
     df: DataFrame,
-    max_rows: int = 5000,
+    max_rows: int = DEFAULTS.max_plot_points,
     *,
     seed: int = 0,
     col: str = "pca_features",
@@ -143,7 +116,7 @@ def collect_scores(
     """
     from pyspark.sql import functions as F
 
-    max_rows = int(check_int("max_rows", max_rows, 1, example=5000))
+    max_rows = int(check_int("max_rows", max_rows, 1, example=DEFAULTS.max_plot_points))
     missing = [c for c in ("path", label_col, col) if c not in df.columns]
     if missing:
         raise ParameterError(f"columns {missing} are missing from the DataFrame {df.columns}. "
@@ -162,7 +135,7 @@ def collect_scores(
 
 def sample_images(
     df: DataFrame,
-    n: int = 16,
+    n: int = DEFAULTS.n_show,
     spark: Optional[SparkSession] = None,
 ) -> Tuple[List[Optional[bytes]], List[str]]:
     """Pick a few images spread over the classes: the first of each class, then the second, ….
@@ -196,7 +169,7 @@ def sample_images(
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    n = int(check_int("n", n, 1, example=16))
+    n = int(check_int("n", n, 1, example=DEFAULTS.n_show))
     rank = F.row_number().over(Window.partitionBy("label").orderBy("path"))
     rows = (df.select("path", "label").withColumn("_rank", rank)
             .orderBy("_rank", "label", "path").limit(n).collect())

@@ -46,25 +46,26 @@ def test_new_run_is_new_and_unique(tmp_path):
     assert second != first and not second.exists()
 
 
-def test_latest_run_and_find_run(tmp_path):
+def test_resolve_run_latest_or_given(tmp_path):
     with pytest.raises(ParameterError, match="no complete run"):
-        paths.find_run("", root=tmp_path)
+        paths.resolve_run("", root=tmp_path)
     for i, name in enumerate(("old", "new")):
         (tmp_path / "runs" / name / "features").mkdir(parents=True)
         manifest = tmp_path / "runs" / name / "manifest.json"
         manifest.write_text("{}")
         os.utime(manifest, (time.time() - 100 + i * 50,) * 2)
     (tmp_path / "runs" / "incomplete" / "features").mkdir(parents=True)  # no manifest: ignored
-    assert paths.find_run("", root=tmp_path) == runs.layout(str(tmp_path / "runs" / "new"))
+    assert paths.resolve_run("", root=tmp_path) == runs.layout(str(tmp_path / "runs" / "new"))
 
     run = tmp_path / "runs" / "old"
-    loc = paths.find_run(str(run))
+    loc = paths.resolve_run(str(run))
     assert loc == runs.layout(str(run))
     assert (loc.features, loc.root) == (str(run / "features"), str(run))
-    assert paths.find_run(str(run / "features")) == loc
-    assert paths.find_run("runs/old", root=tmp_path) == loc  # relative: from the project root
+    assert paths.resolve_run(str(run / "features")) == loc
+    assert paths.resolve_run("runs/old", root=tmp_path) == loc  # relative: from the project root
     with pytest.raises(ParameterError, match="holds no features"):
-        paths.find_run(str(tmp_path / "missing"))
+        paths.resolve_run(str(tmp_path / "missing"))
+    assert not hasattr(paths, "find_run")  # one find_run: p8utils.runs.find_run, which resolve_run builds on
 
 
 def test_spark_path():

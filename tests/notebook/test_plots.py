@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -321,9 +320,8 @@ def test_image_grid_mixed_inputs_and_bad_bytes():
     assert width >= 600 and height >= 300
 
 
-def test_image_grid_real_fruit_photos_if_present():
-    folder = Path("/work/shared/fruits360")
-    files = sorted(folder.glob("*/*.jpg"))[:6] if folder.is_dir() else []
+def test_image_grid_real_fruit_photos_if_present(real_dir):
+    files = sorted(real_dir.glob("*/*.jpg"))[:6]
     if not files:
         pytest.skip("no sample fruit photos on this machine")
     fig = plots.image_grid([f.read_bytes() for f in files], [f.parent.name for f in files], ncols=3)

@@ -7,6 +7,7 @@ import pytest
 
 from p8utils.errors import ParameterError
 from p8utils.notebook import samples
+from p8utils.validation import check_int
 
 
 def _scores_df(spark, n=120, k=3, classes=4, null_every=10):
@@ -17,13 +18,20 @@ def _scores_df(spark, n=120, k=3, classes=4, null_every=10):
     return spark.createDataFrame(rows, "path string, label string, pca_features array<double>")
 
 
+def bounded_sample(df, max_rows: int, seed: int = 0):
+    """At most ``max_rows`` rows of ``df`` (``df`` itself when it has no more): the cut collect_scores makes."""
+    max_rows = int(check_int("max_rows", max_rows, 1, example=5000))
+    n = df.count()
+    return df if n <= max_rows else samples._limited(df, n, max_rows, seed)
+
+
 def test_bounded_sample(spark):
     df = spark.range(500).repartition(3)
-    small = samples.bounded_sample(df, 50, seed=1).collect()
+    small = bounded_sample(df, 50, seed=1).collect()
     assert 1 <= len(small) <= 50 and len({r.id for r in small}) == len(small)
-    assert samples.bounded_sample(df, 500) is df
+    assert bounded_sample(df, 500) is df
     with pytest.raises(ParameterError, match="max_rows"):
-        samples.bounded_sample(df, 0)
+        bounded_sample(df, 0)
 
 
 def test_collect_scores(spark):
