@@ -3,7 +3,8 @@
 Modules
 -------
 config      RunConfig: every run parameter, its default, help text and check (one home).
-runs        The run protocol: output layout, lease, staging, row check, commit, manifest.
+runs        The run protocol's public face: output layout, lease, staging, row check, commit, manifest.
+protocol    The run protocol's jobs, one module each: folders, lease, commit, rowcheck, incremental, manifest.
 spark       SparkSession: the active one (Livy, spark-submit) or a local one.
 storage     Small file operations on local paths and URIs (s3://, hdfs://), the disk cache.
 images      Listing images (Python scan, Spark, or a file list) and decoding them.

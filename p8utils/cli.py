@@ -114,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parameters(run)
     _add_console_options(run)
 
-    from p8utils.config import RunConfig
-    from p8utils.pipeline import MODEL_PARAMETERS
+    from p8utils.config import FeatureIdentity, RunConfig
 
     project = sub.add_parser(
         "project",
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     project.add_argument("--run", required=True, default=argparse.SUPPRESS, help="the run folder or URI to project on")
-    _add_parameters(project, [n for n in RunConfig.names() if n not in ("k", "variance")], MODEL_PARAMETERS)
+    _add_parameters(project, [n for n in RunConfig.names() if n not in ("k", "variance")], FeatureIdentity.PARAMETERS)
     _add_console_options(project)
 
     check = sub.add_parser(
@@ -137,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     check.add_argument("--image", required=True, help="local path of an image file")
-    _add_parameters(check, ("model", "weights", "engine", "seed", "image_size"))
+    _add_parameters(check, FeatureIdentity.PARAMETERS)  # what makes features what they are
     return parser
 
 
@@ -228,7 +227,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def progress(stage: str, spark: Any) -> Any:
         signals.install()  # again: creating the SparkContext replaced the SIGINT handler with PySpark's
         state.snapshot(spark)
-        return spark_progress(spark, "featurize", file=console) if stage == "featurize" else nullcontext()
+        # plain text lines: a bar would be tqdm.auto's, whose check for a notebook bar imports tqdm.notebook
+        # (and ipywidgets); the command line imports nothing of the notebook extras' display stack
+        return spark_progress(spark, "featurize", display="text", file=console) if stage == "featurize" else \
+            nullcontext()
 
     try:
         with _quiet(log_file, args.verbose) as console:
@@ -505,9 +507,12 @@ def _active_spark() -> Any:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    """Featurize one image in-process and print JSON (width, norm, error)."""
+    """Featurize one image in-process and print JSON (width, norm, error, and the features' identity)."""
+    import dataclasses
+
     import numpy as np
 
+    from p8utils.config import FeatureIdentity
     from p8utils.engines import get_engine
     from p8utils.featurize import featurize_bytes
     from p8utils.images import decode_image
@@ -527,6 +532,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         "width": None if feats is None else int(len(feats)),
         "norm": None if feats is None else float(np.linalg.norm(feats)),
         "error": row["error"],
+        # what makes these features what they are: equal identities give comparable features (runs, projections)
+        "identity": dataclasses.asdict(FeatureIdentity.from_parameters(vars(args), bundle.sha256)),
     }
     print(json.dumps(out))
     return 0 if feats is not None else 1

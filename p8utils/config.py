@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 from p8utils import storage
-from p8utils.engines import CALIBRATION_IMAGES, DEFAULT_ENGINE, ENGINES
+from p8utils.engines import CALIBRATION_IMAGES, DEFAULT_ENGINE, ENGINES, get_engine
 from p8utils.errors import ParameterError
 from p8utils.featurize import DEFAULT_BATCH_SIZE
 from p8utils.images import (
@@ -40,7 +40,7 @@ from p8utils.models import DEFAULT_IMAGE_SIZE, IMAGE_SIZES, MODELS, WEIGHT_MODES
 from p8utils.pca import DEFAULT_VARIANCE, check_pca_params
 from p8utils.validation import check_choice, check_int
 
-__all__ = ["MODES", "REQUIRED", "Parameter", "RunConfig", "parameters"]
+__all__ = ["MODEL_PARAMETERS", "MODES", "REQUIRED", "FeatureIdentity", "Parameter", "RunConfig", "parameters"]
 
 #: What to do when the output folder already holds something: refuse, replace
 #: it, or featurize only the files that are new or changed since that run.
@@ -247,3 +247,79 @@ def parameters() -> Tuple[Parameter, ...]:
         choices = tuple(meta["choices"]()) if meta["choices"] is not None else None
         out.append(Parameter(f.name, meta["kind"], f.default, meta["help"], choices, meta["group"]))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class FeatureIdentity:
+    """What makes features what they are: two runs with equal identities give comparable features.
+
+    Declared once, used by incremental runs (a table never mixes two
+    identities), :func:`p8utils.pipeline.project` (the run's parameters
+    :attr:`PARAMETERS` are its defaults, its weights are required) and the
+    CLI (``check``'s options, ``project``'s inherited ones).
+
+    Attributes
+    ----------
+    model : str
+        The feature extractor (``mobilenet_v2``, ``resnet50``).
+    weights_sha256 : str
+        SHA-256 (hex) of the weights the features were computed with.
+    image_size : int
+        Side of the square model input in pixels.
+    precision : str
+        ``"float32"`` or ``"int8 (calibrated)"`` (engines of one precision
+        agree within float error; :data:`p8utils.engines.ENGINES`).
+    """
+
+    model: str
+    weights_sha256: str
+    image_size: int
+    precision: str
+
+    #: The run parameters that decide the identity (with the weights they resolve to).
+    PARAMETERS: ClassVar[Tuple[str, ...]] = ("model", "weights", "seed", "engine", "image_size")
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any], weights_sha256: str) -> FeatureIdentity:
+        """Build the identity from run parameters (a manifest's ``parameters`` or :meth:`RunConfig.to_manifest`).
+
+        Parameters
+        ----------
+        parameters : mapping
+            ``model``, ``engine`` and (default :data:`p8utils.models.DEFAULT_IMAGE_SIZE`) ``image_size``.
+        weights_sha256 : str
+            SHA-256 of the resolved weights.
+        """
+        return cls(str(parameters["model"]), str(weights_sha256),
+                   int(parameters.get("image_size", DEFAULT_IMAGE_SIZE)),
+                   "int8 (calibrated)" if get_engine(parameters.get("engine", DEFAULT_ENGINE)).calibrated
+                   else "float32")
+
+    @classmethod
+    def from_config(cls, config: RunConfig, weights_sha256: str) -> FeatureIdentity:
+        """Return the identity of a run of ``config`` whose weights resolved to ``weights_sha256``."""
+        return cls.from_parameters(config.to_manifest(), weights_sha256)
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> FeatureIdentity:
+        """Return the identity of a committed run, from its manifest (``parameters`` and ``weights.sha256``)."""
+        return cls.from_parameters(manifest["parameters"], manifest["weights"]["sha256"])
+
+    @staticmethod
+    def parameters_of(parameters: Mapping[str, Any]) -> Dict[str, Any]:
+        """Return the entries of ``parameters`` (e.g. a manifest's) that decide the identity: :attr:`PARAMETERS`."""
+        return {k: v for k, v in parameters.items() if k in FeatureIdentity.PARAMETERS and k in RunConfig.names()}
+
+    def describe(self) -> Dict[str, Any]:
+        """Return the identity as shown: ``model``, ``weights sha256`` (12 hex digits), ``image_size``, precision."""
+        return {"model": self.model, "weights sha256": self.weights_sha256[:12] + "…", "image_size": self.image_size,
+                "precision": self.precision}
+
+    def differences(self, other: FeatureIdentity) -> Dict[str, Tuple[Any, Any]]:
+        """Return what differs from ``other``: shown name -> (this value, ``other``'s); empty when comparable."""
+        mine, theirs = self.describe(), other.describe()
+        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
+
+#: The run parameters that make its features what they are (:attr:`FeatureIdentity.PARAMETERS`).
+MODEL_PARAMETERS: Tuple[str, ...] = FeatureIdentity.PARAMETERS

@@ -1,6 +1,7 @@
 """The pipeline: list → featurize (full or incremental) → write → check → PCA → commit.
 
-:func:`run` strings the steps together; each step is a function of
+:func:`run` and :func:`project` share one skeleton (:func:`_execute`: lease, session and
+weights, listing, featurization and staging, row check, PCA, manifest, commit); each step is a function of
 :mod:`p8utils.images`, :mod:`p8utils.featurize`, :mod:`p8utils.pca` or of
 the run protocol (:mod:`p8utils.runs`: lease, staging, row check, commit,
 manifest). Every parameter is declared once, in :class:`p8utils.config.RunConfig`,
@@ -22,17 +23,32 @@ import time
 import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterator, Optional, Tuple, Union
+from types import MappingProxyType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 
 from p8utils import engines, images, runs, storage
 from p8utils import pca as pca_mod
-from p8utils.config import RunConfig
+from p8utils.config import MODEL_PARAMETERS, FeatureIdentity, RunConfig
 from p8utils.errors import DamagedRunFileError, ParameterError
 from p8utils.featurize import featurize
-from p8utils.models import DEFAULT_IMAGE_SIZE, WeightsBundle, load_weights
+from p8utils.models import WeightsBundle, load_weights
 from p8utils.pca import Moments, PCAResult, fit_moments, fit_pca, transform
+from p8utils.runs import INCREMENTAL_KEY, IncrementalPlan, PartTally, RunOutcome, plan_incremental
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark import Accumulator
@@ -46,11 +62,7 @@ log = logging.getLogger(__name__)
 #: the file's, kept as the incremental-mode key with ``path``.
 FEATURE_COLUMNS: Tuple[str, ...] = ("path", "label", "features", "error", "length", "modificationTime")
 
-#: The run parameters that make its features what they are: :func:`project` takes them from the run.
-MODEL_PARAMETERS: Tuple[str, ...] = ("model", "weights", "seed", "engine", "image_size")
-
-#: What tells an unchanged file in ``mode="incremental"`` (no content is read to decide).
-INCREMENTAL_KEY: Tuple[str, ...] = ("path", "length", "modificationTime")
+Progress = Callable[[str, "SparkSession"], ContextManager[Any]]
 
 
 @dataclass
@@ -118,29 +130,7 @@ def run(
         The staged rows do not match the listed files; the previous output is untouched.
     """
     config = config if isinstance(config, RunConfig) else RunConfig(input=config, output=output, **parameters)
-    spark, stage = _check_paths(config, spark), _Stages(progress)
-    with runs.open_run(config.output, config.mode, spark) as active:
-        spark, bundle = _session_and_weights(config, stage, spark)
-        listing = _list(config, active, stage, spark)
-        previous = _previous_features(config, active, bundle, spark)
-        staged, reuse, builds = _featurize_and_stage(config, active, listing, bundle, previous, stage, spark)
-        counts = _check(active, listing, staged, stage, spark)
-        with stage("pca_fit", spark):
-            fit, refit = _fit(config, active, staged, counts, reuse.get("files_kept"), spark)
-        if refit is not None:
-            reuse["pca_refit"] = refit
-        with stage("pca_transform", spark):
-            active.write_pca(transform(fit, staged.where("features IS NOT NULL").select("path", "label", "features")),
-                             fit.to_bytes(), fit.moments.to_bytes() if fit.moments is not None else None,
-                             expected_rows=counts.ok)
-        manifest = runs.build_manifest(config, active, bundle, counts, fit, stage.seconds, spark, reuse=reuse,
-                                       unlisted=listing.unlisted, model_builds=builds,
-                                       incremental_key=list(INCREMENTAL_KEY) if config.mode == "incremental" else None)
-        manifest = active.commit(manifest)
-    for warning in manifest["warnings"]:
-        log.warning(warning)
-    lay = runs.layout(config.output)
-    return RunResult(config.output, lay.features, lay.pca, lay.manifest, manifest, fit)
+    return _execute(config, spark, progress, _Batch())
 
 
 def project(
@@ -171,7 +161,7 @@ def project(
         As for :func:`run`.
     **parameters
         Other :class:`RunConfig` fields (``batch_size``, ``mode``, ``master`` …).
-        :data:`MODEL_PARAMETERS` default to the run's; weights that give
+        :attr:`FeatureIdentity.PARAMETERS <p8utils.config.FeatureIdentity>` default to the run's; weights that give
         another SHA-256 than the run's are refused.
 
     Returns
@@ -188,36 +178,143 @@ def project(
     ParameterError
         Not a complete run, a run without its PCA fit, or other weights.
     """
-    from pyspark.sql import functions as F
-
     source = runs.layout(run_folder)
     if not storage.is_local(source.root):
         spark = spark or _session(RunConfig(input=input, output=output, **parameters))
-    made = runs.read_manifest(source.root, spark)
-    fixed = {k: v for k, v in made["parameters"].items() if k in MODEL_PARAMETERS and k in RunConfig.names()}
+    made = runs.read_manifest(source, spark)
+    fixed = FeatureIdentity.parameters_of(made["parameters"])
     config = RunConfig(input=input, output=output, **{**fixed, **parameters, "k": 1, "variance": None})
+    return _execute(config, spark, progress, _Projection(source, made))
+
+
+def _execute(config: RunConfig, spark: Optional[SparkSession], progress: Optional[Progress], job: _Job) -> RunResult:
+    """Run the skeleton of :func:`run` and :func:`project`: lease, weights, list, featurize + stage, check, PCA, commit.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run's parameters (checked).
+    spark : pyspark.sql.SparkSession or None
+        The session, if the caller has one.
+    progress : callable or None
+        ``progress(stage, spark)``: a context manager around each stage.
+    job : _Job
+        What differs: the plan on the committed table and the PCA (fit, or a run's fit applied).
+
+    Returns
+    -------
+    RunResult
+    """
     spark, stage = _check_paths(config, spark), _Stages(progress)
     with runs.open_run(config.output, config.mode, spark) as active:
         spark, bundle = _session_and_weights(config, stage, spark)
-        fit = _run_fit(source, made, bundle, spark)
-        listing, staged, reuse, builds, counts = _all_featurized(config, active, bundle, stage, spark)
+        job.prepare(config, active, bundle, spark)
+        listing = _list(config, active, stage, spark)
+        plan = job.plan(config, listing)
+        active.follow(plan)
+        builds = spark.sparkContext.accumulator(0)
+        with stage("featurize", spark):
+            staged = _write_features(active, _features(config, listing, plan, job.previous, bundle, builds), listing)
+        with stage("check", spark):
+            counts = active.check_rows(staged, listing.frame, listing.n_files)
+        done = job.pca(config, counts, plan, active, staged, stage, spark)
+        outcome = RunOutcome(done.config, bundle, counts, done.plan, done.fit, dict(stage.seconds),
+                             list(listing.unlisted or []), builds.value, done.extra)
+        manifest = active.commit(runs.build_manifest(active, outcome, spark))
+    for warning in manifest["warnings"]:
+        log.warning(warning)
+    lay = runs.layout(config.output)
+    return RunResult(config.output, lay.features, lay.pca, lay.manifest, manifest, outcome.fit)
+
+
+class _PcaDone(NamedTuple):
+    """What the PCA step of a job made: the fit, the plan as carried out, the parameters and entries to record."""
+
+    fit: PCAResult
+    plan: IncrementalPlan
+    config: RunConfig
+    extra: Mapping[str, Any] = MappingProxyType({})
+
+
+class _Job:
+    """What a kind of run adds to :func:`_execute`'s skeleton (a batch run by default: no previous table)."""
+
+    #: The committed features table an incremental run builds on (set by :meth:`prepare`).
+    previous: Optional[DataFrame] = None
+
+    def prepare(self, config: RunConfig, active: runs.ActiveRun, bundle: WeightsBundle, spark: SparkSession) -> None:
+        """Read and check what the run builds on, once the weights are known (before any image is listed)."""
+
+    def plan(self, config: RunConfig, listing: images.Listing) -> IncrementalPlan:
+        """Decide what the run does with the committed features table: here, featurize every listed file."""
+        return IncrementalPlan.full(listing.n_files)
+
+    def pca(self, config: RunConfig, counts: runs.RowCheck, plan: IncrementalPlan, active: runs.ActiveRun,
+            staged: DataFrame, stage: _Stages, spark: SparkSession) -> _PcaDone:
+        """Fit or apply the PCA and write the scores (checked against ``counts.ok``)."""
+        raise NotImplementedError
+
+
+class _Batch(_Job):
+    """:func:`run`: full or incremental featurization, the PCA fitted on the committed table."""
+
+    def prepare(self, config: RunConfig, active: runs.ActiveRun, bundle: WeightsBundle, spark: SparkSession) -> None:
+        self.previous = _previous_features(config, active, bundle, spark)
+
+    def plan(self, config: RunConfig, listing: images.Listing) -> IncrementalPlan:
+        if self.previous is None:
+            return IncrementalPlan.full(listing.n_files, incremental=config.mode == "incremental")
+        spark = listing.frame.sparkSession
+        parallelism = spark.sparkContext.defaultParallelism
+        plan = plan_incremental(_tallies(self.previous, listing), listing.n_files,
+                                lambda n: images.task_count(n, config.images_per_partition, parallelism),
+                                max_feature_files(listing.n_files, config.images_per_partition, parallelism))
+        log.info("featurizing %d files, %d reused, %d removed, %d files rewritten%s", plan.featurized, plan.reused,
+                 plan.removed, len(plan.rewritten_files), ", compacting" if plan.compacted else "")
+        return plan
+
+    def pca(self, config: RunConfig, counts: runs.RowCheck, plan: IncrementalPlan, active: runs.ActiveRun,
+            staged: DataFrame, stage: _Stages, spark: SparkSession) -> _PcaDone:
+        with stage("pca_fit", spark):
+            fit, plan = _fit(config, active, staged, counts, plan, spark)
         with stage("pca_transform", spark):
-            centroids = pca_mod.class_centroids(runs.read_pca(source, spark))
-            scores = pca_mod.nearest_classes(transform(fit, staged.where("features IS NOT NULL").select(
-                "path", "label", "features")), centroids)
+            active.write_pca(transform(fit, _featurized(staged)), fit.to_bytes(),
+                             fit.moments.to_bytes() if fit.moments is not None else None, expected_rows=counts.ok)
+        return _PcaDone(fit, plan, config)
+
+
+class _Projection(_Job):
+    """:func:`project`: every listed file featurized, projected on a committed run's PCA."""
+
+    def __init__(self, source: runs.RunLayout, made: Dict[str, Any]) -> None:
+        self.source, self.made = source, made
+        self.fit: Optional[PCAResult] = None
+
+    def prepare(self, config: RunConfig, active: runs.ActiveRun, bundle: WeightsBundle, spark: SparkSession) -> None:
+        self.fit = _run_fit(self.source, self.made, FeatureIdentity.from_config(config, bundle.sha256), bundle, spark)
+
+    def pca(self, config: RunConfig, counts: runs.RowCheck, plan: IncrementalPlan, active: runs.ActiveRun,
+            staged: DataFrame, stage: _Stages, spark: SparkSession) -> _PcaDone:
+        from pyspark.sql import functions as F
+
+        fit = self.fit
+        assert fit is not None, "prepare() reads the run's fit"
+        with stage("pca_transform", spark):
+            centroids = pca_mod.class_centroids(runs.read_pca(self.source, spark))
+            scores = pca_mod.nearest_classes(transform(fit, _featurized(staged)), centroids)
             active.write_pca(scores, fit.to_bytes(), expected_rows=counts.ok)
             hits = active.staged_pca(spark).where(F.col("label").isin(*centroids.labels)).agg(
                 F.count(F.lit(1)).alias("n"), F.sum((F.col("label") == F.col("nearest_classes")[0]).cast("int")
                                                     ).alias("hits")).first()
         accuracy = None if not hits["n"] else float(hits["hits"]) / int(hits["n"])
-        projection = {"run": source.root, "run_id": made["run_id"], "known_class_rows": int(hits["n"]),
+        projection = {"run": self.source.root, "run_id": self.made["run_id"], "known_class_rows": int(hits["n"]),
                       "nearest_class_accuracy": accuracy, "classes": len(centroids.labels)}
-        manifest = runs.build_manifest(config.replace(k=fit.k), active, bundle, counts, fit, stage.seconds, spark,
-                                       reuse=reuse, unlisted=listing.unlisted, model_builds=builds,
-                                       extra={"kind": "projection", "projection": projection})
-        manifest = active.commit(manifest)
-    lay = runs.layout(config.output)
-    return RunResult(config.output, lay.features, lay.pca, lay.manifest, manifest, fit)
+        return _PcaDone(fit, plan, config.replace(k=fit.k), {"kind": "projection", "projection": projection})
+
+
+def _featurized(staged: DataFrame) -> DataFrame:
+    """Return the rows with features (``path``, ``label``, ``features``): what the PCA fits and scores."""
+    return staged.where("features IS NOT NULL").select("path", "label", "features")
 
 
 def _session_and_weights(config: RunConfig, stage: _Stages,
@@ -236,47 +333,16 @@ def _list(config: RunConfig, active: runs.ActiveRun, stage: _Stages, spark: Spar
                                   reader=config.reader)
 
 
-def _featurize_and_stage(config: RunConfig, active: runs.ActiveRun, listing: images.Listing, bundle: WeightsBundle,
-                         previous: Optional[DataFrame], stage: _Stages,
-                         spark: SparkSession) -> Tuple[DataFrame, Dict[str, Any], int]:
-    """Featurize (full, or incremental on ``previous``) and write the staged rows.
-
-    Returns
-    -------
-    (DataFrame, dict, int)
-        The features the run will commit, the reuse counts, the model builds.
-    """
-    builds = spark.sparkContext.accumulator(0)
-    with stage("featurize", spark):
-        table, reuse = _features(config, active, listing, previous, bundle, builds)
-        staged = _write_features(active, table, listing)
-    return staged, reuse, builds.value
-
-
-def _check(active: runs.ActiveRun, listing: images.Listing, staged: DataFrame, stage: _Stages,
-           spark: SparkSession) -> runs.RowCheck:
-    """Check the staged rows against the listing (the run stops here if they differ)."""
-    with stage("check", spark):
-        return active.check_rows(staged, listing.frame, listing.n_files)
-
-
-def _all_featurized(config: RunConfig, active: runs.ActiveRun, bundle: WeightsBundle, stage: _Stages,
-                    spark: SparkSession) -> Tuple[images.Listing, DataFrame, Dict[str, Any], int, runs.RowCheck]:
-    """List, featurize every file (no reuse), stage and check: the first steps of a projection."""
-    listing = _list(config, active, stage, spark)
-    staged, reuse, builds = _featurize_and_stage(config, active, listing, bundle, None, stage, spark)
-    return listing, staged, reuse, builds, _check(active, listing, staged, stage, spark)
-
-
-def _run_fit(source: runs.RunLayout, made: Dict[str, Any], bundle: WeightsBundle, spark: SparkSession) -> PCAResult:
-    """Read the run's PCA fit, once the weights just loaded are known to be the run's.
+def _run_fit(source: runs.RunLayout, made: Dict[str, Any], identity: FeatureIdentity, bundle: WeightsBundle,
+             spark: SparkSession) -> PCAResult:
+    """Read the run's PCA fit, once the weights just loaded (``identity``) are known to be the run's.
 
     Raises
     ------
     ParameterError
         Other weights than the run's, or a run without its fit.
     """
-    if bundle.sha256 != made["weights"]["sha256"]:
+    if "weights sha256" in FeatureIdentity.from_manifest(made).differences(identity):
         raise ParameterError(
             f"weights={bundle.source!r} give sha256={bundle.sha256[:12]}…, but the run {source.root!r} was made "
             f"with sha256={made['weights']['sha256'][:12]}… ({made['weights']['source']}): its PCA means nothing for "
@@ -306,49 +372,51 @@ def _load(kind: type, found: Tuple[str, bytes], run: runs.RunLayout, what: str) 
 
 
 def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: runs.RowCheck,
-         files_kept: Optional[int], spark: SparkSession) -> Tuple[PCAResult, Optional[str]]:
-    """Fit the PCA on the whole table the run commits.
+         plan: IncrementalPlan, spark: SparkSession) -> Tuple[PCAResult, IncrementalPlan]:
+    """Fit the PCA on the whole table the run commits, as ``plan.pca_refit`` says when it can.
 
-    An incremental run that keeps most committed rows refits from moments:
-    those of the previous table (``pca/_moments-<run id>.npz``), minus those of the
-    rows leaving, plus those of the rows staged, so it reads only the rows
-    that changed. The result is the fit of every row (up to rounding); it is
-    used only when its row count equals the check's. Otherwise every row is
-    read.
+    A plan that keeps committed part files refits from moments: those of the
+    previous table (``pca/_moments-<run id>.npz``), minus those of the rows
+    leaving, plus those of the rows staged, so it reads only the rows that
+    changed. The result is the fit of every row (up to rounding); it is used
+    only when its row count equals the check's. Otherwise every row is read.
 
     Returns
     -------
-    (PCAResult, str or None)
-        The fit, and for an incremental run on a previous output
-        (``files_kept`` not None: committed part files it keeps) how it was made:
-        ``"moments"`` or ``"rows"`` (the manifest's ``incremental.pca_refit``).
+    (PCAResult, IncrementalPlan)
+        The fit, and the plan with the refit actually made (the manifest's
+        ``incremental.pca_refit``; None without a previous table).
     """
-    update = _moments_update(active, counts, spark) if files_kept else None
-    if update is not None:
-        return fit_moments(update, k=config.k, variance=config.variance), "moments"
-    return fit_pca(staged, k=config.k, variance=config.variance), "rows" if files_kept is not None else None
+    if plan.pca_refit == "moments":
+        update, why = _moments_update(active, counts, spark)
+        if update is not None:
+            return fit_moments(update, k=config.k, variance=config.variance), plan
+        log.info("refitting the PCA on every row: %s", why)
+        plan = plan.refit("rows", why)
+    return fit_pca(staged, k=config.k, variance=config.variance), plan
 
 
-def _moments_update(active: runs.ActiveRun, counts: runs.RowCheck, spark: SparkSession) -> Optional[Moments]:
-    """Moments of the committed table after the commit, from the previous ones; None when they cannot be used."""
+def _moments_update(active: runs.ActiveRun, counts: runs.RowCheck,
+                    spark: SparkSession) -> Tuple[Optional[Moments], str]:
+    """Moments of the committed table after the commit, from the previous ones; else None and why not."""
     leaving = active.leaving_features(spark)
     found = runs.read_pca_file(active.layout, "moments", spark) if leaving is not None else None
     if found is None:
-        return None  # not merging, or a run of an older p8utils (or a fit by Spark ML) before
+        return None, "no previous moments (a run of an older p8utils, or not merging)"
     previous = _load(Moments, found, active.layout, "moments")
     removed = pca_mod.moments(leaving)
     if 2 * removed.n > previous.n:
-        return None  # most rows replaced: taking them out would cost as much as reading all, less exactly
+        return None, "most rows replaced: taking them out would cost as much as reading all, less exactly"
     try:
         update = previous - removed + pca_mod.moments(active.staged_only(spark))
     except ValueError as exc:  # other widths: never for the same model, but never mix them either
         log.warning("refitting the PCA on every row: %s", exc)
-        return None
+        return None, str(exc)
     if update.n != counts.ok:
         log.warning("refitting the PCA on every row: the previous moments hold %d rows where %d were expected",
                     update.n, counts.ok)
-        return None
-    return update
+        return None, f"the previous moments hold {update.n} rows where {counts.ok} were expected"
+    return update, "moments updated"
 
 
 def _check_paths(config: RunConfig, spark: Optional[SparkSession]) -> Optional[SparkSession]:
@@ -393,95 +461,87 @@ def _previous_features(config: RunConfig, active: runs.ActiveRun, bundle: Weight
     Raises
     ------
     ParameterError
-        The previous run used another model or other weights: mixing them
-        would give a table of incomparable features.
+        The previous run's :class:`~p8utils.config.FeatureIdentity` differs (another model, other
+        weights, input size or engine precision): mixing them would give a table of incomparable features.
     """
     if config.mode != "incremental" or active.previous is None:
         return None
-    previous = runs.read_manifest(active.layout, spark)
-    used, wanted = _numerics(previous["parameters"], previous["weights"]["sha256"]), _numerics(
-        config.to_manifest(), bundle.sha256)
-    if used != wanted:
-        differ = ", ".join(f"{k}={used[k]!r} (now {wanted[k]!r})" for k in used if used[k] != wanted[k])
+    used = FeatureIdentity.from_manifest(runs.read_manifest(active.layout))
+    differ = used.differences(FeatureIdentity.from_config(config, bundle.sha256))
+    if differ:
+        shown = ", ".join(f"{k}={was!r} (now {now!r})" for k, (was, now) in differ.items())
         raise ParameterError(
-            f"mode='incremental' but output={config.output!r} holds features made with {differ}: a table mixing "
+            f"mode='incremental' but output={config.output!r} holds features made with {shown}: a table mixing "
             "them would hold incomparable features. Fix: use the same model, weights, image_size and engine "
             "precision, or mode='overwrite' to recompute everything, or a new output."
         )
     return runs.read_features(active.layout, spark)
 
 
-def _numerics(parameters: Dict[str, Any], weights_sha256: str) -> Dict[str, Any]:
-    """Return what makes two runs' features comparable: model, weights, input size, the engine's precision."""
-    engine = engines.get_engine(parameters["engine"])
-    return {"model": parameters["model"], "weights sha256": weights_sha256[:12] + "…",
-            "image_size": parameters.get("image_size", DEFAULT_IMAGE_SIZE),
-            "precision": "int8 (calibrated)" if engine.calibrated else "float32"}
+def _reuse_frames(previous: DataFrame, listing: images.Listing) -> Tuple[DataFrame, DataFrame, DataFrame]:
+    """Return the previous table with its part file (``_file``), its keys, and the keys of the rows kept (lazy, no job).
 
-
-def _features(
-    config: RunConfig,
-    active: runs.ActiveRun,
-    listing: images.Listing,
-    previous: Optional[DataFrame],
-    bundle: WeightsBundle,
-    builds: Accumulator,
-) -> Tuple[DataFrame, Dict[str, Any]]:
-    """Build the rows this run writes (lazy); in incremental mode, unchanged rows stay where they are.
-
-    A file is unchanged when ``path``, ``length`` and ``modificationTime`` all
-    equal those of its previous row and that row's error is not transient
-    (``missing``/``unreadable`` files are read again). Incremental runs are
-    copy-on-write: the committed part files holding only unchanged rows stay
-    untouched, those holding a row of a changed or deleted file are rewritten
-    without it, and new rows go to new files (:meth:`p8utils.runs.ActiveRun.merge_into_committed`),
-    so a run costs what is new. When the file count would pass
-    :func:`max_feature_files` the whole table is rewritten instead
-    (compaction). Either way the committed table equals what a full run gives.
-
-    Returns
-    -------
-    (DataFrame, dict)
-        The rows to write, and ``{"featurized", "reused", "removed", "files_kept", "files_rewritten",
-        "compacted"}``.
+    A row is kept when ``path``, ``length`` and ``modificationTime`` all equal
+    those of a listed file and its error is not transient (``missing``/``unreadable``
+    files are read again). The features are not read to decide.
     """
     from pyspark.sql import functions as F
 
-    spark = listing.frame.sparkSession
-    if previous is None:
-        fresh = _featurize_listed(config, listing, listing.frame, listing.n_files, bundle, builds)
-        return fresh, {"featurized": listing.n_files, "reused": 0, "removed": 0}
-    # decide on the keys alone (path, length, mtime, error): the features are not read to decide
     prev = previous.select(*FEATURE_COLUMNS, F.col("_metadata.file_name").alias("_file"))
     keys = prev.select(*INCREMENTAL_KEY, "error", "_file")
     same = [listing.frame[c].eqNullSafe(keys[c]) for c in INCREMENTAL_KEY]
     reusable = keys.where(F.col("error").isNull() | ~F.col("error").isin(*images.TRANSIENT_REASONS))
     kept = reusable.join(listing.frame.select(*INCREMENTAL_KEY), same, "left_semi")  # keys: cheap to recompute
+    return prev, keys, kept
+
+
+def _tallies(previous: DataFrame, listing: images.Listing) -> List[PartTally]:
+    """Rows and kept rows of each committed part file (one Spark job on the keys)."""
+    from pyspark.sql import functions as F
+
+    _, keys, kept = _reuse_frames(previous, listing)
     per_file = keys.groupBy("_file").count().join(
         kept.groupBy("_file").agg(F.count(F.lit(1)).alias("kept")), "_file", "left").collect()
-    affected = sorted(r["_file"] for r in per_file if (r["kept"] or 0) != r["count"])
-    reused = sum(int(r["kept"] or 0) for r in per_file)
-    removed = sum(int(r["count"]) for r in per_file) - reused
-    n_todo = listing.n_files - reused
+    return [PartTally(r["_file"], int(r["count"]), int(r["kept"] or 0)) for r in per_file]
+
+
+def _features(
+    config: RunConfig,
+    listing: images.Listing,
+    plan: IncrementalPlan,
+    previous: Optional[DataFrame],
+    bundle: WeightsBundle,
+    builds: Accumulator,
+) -> DataFrame:
+    """Build the rows this run writes (lazy), as ``plan`` says; unchanged rows stay where they are.
+
+    Incremental runs are copy-on-write: the committed part files holding only
+    unchanged rows stay untouched (:meth:`p8utils.runs.ActiveRun.follow`),
+    those holding a row of a changed or deleted file are rewritten without it,
+    and new rows go to new files, so a run costs what is new. A compacting plan
+    rewrites the whole table. Either way the committed table equals what a
+    full run gives.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        :data:`FEATURE_COLUMNS`: the rows to write.
+    """
+    from pyspark.sql import functions as F
+
+    if previous is None or not plan.on_previous:
+        return _featurize_listed(config, listing, listing.frame, listing.n_files, bundle, builds)
+    prev, keys, kept = _reuse_frames(previous, listing)
     todo = listing.frame.join(kept.select("path"), "path", "left_anti")
-    fresh = _featurize_listed(config, listing, todo, n_todo, bundle, builds)
-    parallelism = spark.sparkContext.defaultParallelism
-    new_files = images.task_count(n_todo, config.images_per_partition, parallelism) if n_todo else 0
-    # kept files + one rewritten file per affected file + the new ones
-    compact = len(per_file) + new_files > max_feature_files(listing.n_files, config.images_per_partition, parallelism)
-    if compact:  # rewrite everything: the reused rows, read in full, and the new ones
+    fresh = _featurize_listed(config, listing, todo, plan.featurized, bundle, builds)
+    if plan.compacted:  # rewrite everything: the reused rows, read in full, and the new ones
         table = prev.join(kept.select("path", "_file"), ["path", "_file"], "left_semi").drop("_file")
     else:  # copy-on-write: only the files that lose a row are rewritten, without it
-        active.merge_into_committed(affected)
         gone = keys.join(kept.select("path"), "path", "left_anti").select("path")
-        table = prev.where(F.col("_file").isin(*affected) if affected else F.lit(False)).join(
+        rewritten = plan.rewritten_files
+        table = prev.where(F.col("_file").isin(*rewritten) if rewritten else F.lit(False)).join(
             F.broadcast(gone), "path", "left_anti").drop("_file")
-    table = table.select(*FEATURE_COLUMNS).unionByName(fresh)
-    log.info("featurizing %d files, %d reused, %d removed, %d files rewritten%s", n_todo, reused, removed,
-             len(affected), ", compacting" if compact else "")
-    return table, {"featurized": n_todo, "reused": reused, "removed": removed,
-                   "files_kept": 0 if compact else len(per_file) - len(affected),
-                   "files_rewritten": len(per_file) if compact else len(affected), "compacted": compact}
+    return table.select(*FEATURE_COLUMNS).unionByName(fresh)
 
 
 def max_feature_files(n_rows: int, images_per_partition: int, parallelism: int) -> int:

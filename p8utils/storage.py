@@ -45,6 +45,7 @@ import os
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlparse
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "S3_SCHEMES",
+    "Store",
     "is_local",
     "resolve_location",
     "is_s3",
@@ -644,6 +646,47 @@ def iter_files(uri: str, spark: Optional[SparkSession] = None) -> Iterator[str]:
     it = fs.listFiles(path, True)
     while it.hasNext():
         yield str(it.next().getPath().toString())
+
+
+@dataclass(frozen=True)
+class Store:
+    """The file operations of one place (a run folder), with the session they may need, bound once.
+
+    Local paths and S3 URIs need no session; other Hadoop URIs (``hdfs://``)
+    use ``spark``'s JVM. Holders of a ``Store`` (:class:`p8utils.runs.RunLayout`)
+    call ``store.exists(uri)`` instead of passing a session along every call.
+
+    Attributes
+    ----------
+    spark : pyspark.sql.SparkSession or None
+        The session for Hadoop URIs; None for local folders and S3.
+    """
+
+    spark: Optional[SparkSession] = None
+
+    def exists(self, uri: str) -> bool:
+        """:func:`exists` with this store's session."""
+        return exists(uri, self.spark)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """:func:`read_bytes` with this store's session (FileNotFoundError when absent)."""
+        return read_bytes(uri, self.spark)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """:func:`write_bytes` with this store's session."""
+        write_bytes(uri, data, self.spark)
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        """:func:`create_exclusive` with this store's session."""
+        return create_exclusive(uri, data, self.spark)
+
+    def list_dir(self, uri: str) -> List[str]:
+        """:func:`list_dir` with this store's session."""
+        return list_dir(uri, self.spark)
+
+    def delete(self, uri: str) -> None:
+        """:func:`delete` with this store's session."""
+        delete(uri, self.spark)
 
 
 def cache_dir(kind: str) -> str:

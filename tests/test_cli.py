@@ -107,6 +107,8 @@ def test_check_command(sample_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["width"] == 1280 and out["norm"] > 1.0 and out["error"] is None
+    assert out["identity"] == {"model": "mobilenet_v2", "weights_sha256": out["sha256"], "image_size": 224,
+                               "precision": "float32"}
 
 
 def test_cli_incremental_over_a_damaged_manifest_exits_2_and_keeps_every_row(tmp_path, sample_dir, capsys):
@@ -123,3 +125,58 @@ def test_cli_incremental_over_a_damaged_manifest_exits_2_and_keeps_every_row(tmp
     assert "mode='overwrite'" in " ".join(err)
     assert (run / "features" / "part-0.parquet").read_bytes() == b"committed rows"
     assert sorted(p.name for p in run.iterdir()) == ["features", "manifest.json"], "no lease, no scratch left"
+
+
+_NO_DISPLAY_STACK = r'''
+import json, sys, types
+from p8utils import cli, pipeline
+
+class _Tracker:  # what spark_progress polls: no job ever
+    def getJobIdsForGroup(self, group):
+        return []
+
+class _Context:
+    def statusTracker(self):
+        return _Tracker()
+
+    def getLocalProperty(self, key):
+        return None
+
+def fake_run(config, progress=None, **kw):  # the pipeline's stages, without Spark: the CLI's own code path
+    spark = types.SimpleNamespace(sparkContext=_Context())
+    for stage in ("weights", "list_images", "featurize", "check", "pca_fit", "pca_transform"):
+        with progress(stage, spark):
+            pass
+    manifest = {"run_id": "r", "counts": {"total": 0, "ok": 0, "failed": 0, "failed_by_reason": {}},
+                "parameters": {"mode": "error"}, "pca": {"k": 1, "explained_at_k": 1.0, "feature_width": 1280,
+                                                         "n_rows": 0},
+                "timings_s": {}, "warnings": [], "unlisted": []}
+    return pipeline.RunResult(config.output, config.output + "/features", config.output + "/pca",
+                              config.output + "/manifest.json", manifest, None)
+
+pipeline.run = fake_run
+code = cli.main(["run", "--input", sys.argv[1], "--output", sys.argv[2], "--weights", "offline", "--no-explorer"])
+loaded = [m for m in ("matplotlib", "bokeh", "tqdm.notebook", "ipywidgets", "IPython") if m in sys.modules]
+with open(sys.argv[3], "w") as fh:
+    json.dump({"code": code, "loaded": loaded}, fh)
+'''
+
+
+def test_cli_run_without_explorer_imports_no_notebook_display_stack(tmp_path, sample_dir):
+    """``run --no-explorer`` at a terminal (the console a pty, where a progress bar would be drawn) imports
+    neither matplotlib, bokeh, tqdm's notebook module nor ipywidgets: the command line needs no notebook extras."""
+    import pty
+
+    report = tmp_path / "report.json"
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _NO_DISPLAY_STACK, str(sample_dir), str(tmp_path / "o"),
+                               str(report)], stdout=follower, stderr=subprocess.PIPE, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(report.read_text())
+    assert got["code"] == 0, proc.stderr[-3000:]
+    assert got["loaded"] == [], f"the command line imported {got['loaded']}"

@@ -95,3 +95,22 @@ def test_help_texts_fit_a_papermill_parameters_cell():
     for p in parameters():
         assert "\n" not in p.help and "=" not in p.help and "#" not in p.help, p.name
     assert cfg.MODES == ("error", "overwrite", "incremental")
+
+
+def test_feature_identity_is_declared_once_and_tells_differences():
+    from p8utils.config import MODEL_PARAMETERS, FeatureIdentity
+
+    assert MODEL_PARAMETERS == FeatureIdentity.PARAMETERS == ("model", "weights", "seed", "engine", "image_size")
+    assert set(FeatureIdentity.PARAMETERS) <= set(RunConfig.names())
+    config = RunConfig(input="data_sample", output="runs/x", weights="offline", engine="tflite-int8", image_size=128)
+    mine = FeatureIdentity.from_config(config, "ab" * 32)
+    assert (mine.model, mine.image_size, mine.precision) == ("mobilenet_v2", 128, "int8 (calibrated)")
+    manifest = {"parameters": {"model": "mobilenet_v2", "engine": "keras", "weights": "offline", "seed": 0},
+                "weights": {"sha256": "cd" * 32}}
+    theirs = FeatureIdentity.from_manifest(manifest)
+    assert theirs.image_size == 224 and theirs.precision == "float32", "an older manifest: the default size"
+    assert theirs.differences(mine) == {"weights sha256": ("cd" * 6 + "…", "ab" * 6 + "…"), "image_size": (224, 128),
+                                        "precision": ("float32", "int8 (calibrated)")}
+    assert mine.differences(mine) == {}
+    assert FeatureIdentity.parameters_of({**manifest["parameters"], "batch_size": 8, "k": 3}) == \
+        {"model": "mobilenet_v2", "engine": "keras", "weights": "offline", "seed": 0}

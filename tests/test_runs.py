@@ -183,7 +183,7 @@ def test_simultaneous_runs_exactly_one_wins(tmp_path, request, where):
 
 
 def test_the_lease_is_refreshed_and_a_lost_lease_blocks_the_commit(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "LEASE_REFRESH_S", 0.1)
+    monkeypatch.setattr(runs.lease, "LEASE_REFRESH_S", 0.1)  # where the refresher reads it (runs is a package)
     out = tmp_path / "out"
     with pytest.raises(OutputBusyError, match="lost the lease"):
         with runs.open_run(str(out), "overwrite") as active:
@@ -399,3 +399,40 @@ def test_versions_record_the_interpreter_and_the_emr_pin_set(tmp_path, monkeypat
     (tmp_path / runs.PYTHON_RECORD).write_text(json.dumps({"requirements": "requirements-emr.txt", "python": "3.11.9"}))
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
     assert runs._versions()["pin_set"] == "requirements-emr.txt"
+
+
+# --------------------------------------------------------------------------- incremental plan
+
+
+def test_incremental_plan_keeps_untouched_files_and_rewrites_the_others():
+    parts = [runs.PartTally("part-a", 10, 10), runs.PartTally("part-b", 10, 7), runs.PartTally("part-c", 5, 5)]
+    plan = runs.plan_incremental(parts, listed=30, new_files=lambda n: 1, max_files=100)
+    assert (plan.featurized, plan.reused, plan.removed) == (8, 22, 3)
+    assert plan.kept_files == ("part-a", "part-c") and plan.rewritten_files == ("part-b",)
+    assert plan.merges and not plan.compacted and plan.key == runs.INCREMENTAL_KEY and plan.pca_refit == "moments"
+    assert plan.manifest_counts() == {"featurized": 8, "reused": 22, "removed": 3}
+    assert plan.manifest_incremental() == {"files_kept": 2, "files_rewritten": 1, "compacted": False,
+                                           "pca_refit": "moments"}
+    fallback = plan.refit("rows", "the previous moments are gone")
+    assert fallback.manifest_incremental()["pca_refit"] == "rows" and plan.pca_refit == "moments", "frozen"
+
+
+def test_incremental_plan_compacts_past_the_file_bound_and_full_plans_record_nothing():
+    parts = [runs.PartTally(f"part-{i}", 4, 4) for i in range(5)]
+    plan = runs.plan_incremental(parts, listed=24, new_files=lambda n: 2, max_files=6)
+    assert plan.compacted and not plan.merges and plan.kept_files == ()
+    assert plan.rewritten_files == tuple(p.name for p in parts) and plan.pca_refit == "rows"
+    assert plan.manifest_incremental() == {"files_kept": 0, "files_rewritten": 5, "compacted": True,
+                                           "pca_refit": "rows"}
+    full = runs.IncrementalPlan.full(12, incremental=True)
+    assert full.manifest_counts() == {"featurized": 12, "reused": 0, "removed": 0}
+    assert full.manifest_incremental() is None and full.key == runs.INCREMENTAL_KEY and not full.merges
+    assert runs.IncrementalPlan.full(12).key is None and full.refit("rows", "no table").pca_refit is None
+
+
+def test_layout_carries_its_store(tmp_path):
+    lay = runs.layout(str(tmp_path / "r"))
+    assert lay.store.spark is None and runs.layout(lay) is lay
+    assert lay == runs.layout(str(tmp_path / "r"), spark=None), "the store is not part of equality"
+    lay.store.write_bytes(lay.manifest, b"{}")
+    assert lay.store.exists(lay.manifest) and lay.store.list_dir(lay.root) == ["manifest.json"]
