@@ -227,10 +227,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def progress(stage: str, spark: Any) -> Any:
         signals.install()  # again: creating the SparkContext replaced the SIGINT handler with PySpark's
         state.snapshot(spark)
-        # plain text lines: a bar would be tqdm.auto's, whose check for a notebook bar imports tqdm.notebook
-        # (and ipywidgets); the command line imports nothing of the notebook extras' display stack
-        return spark_progress(spark, "featurize", display="text", file=console) if stage == "featurize" else \
-            nullcontext()
+        # a bar at a terminal (tqdm.std), text lines otherwise; nothing of the notebook display stack is imported
+        return spark_progress(spark, "featurize", file=console) if stage == "featurize" else nullcontext()
 
     try:
         with _quiet(log_file, args.verbose) as console:

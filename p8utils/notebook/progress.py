@@ -130,7 +130,7 @@ def _choose_display(display: str, file: Optional[TextIO]) -> str:
     if display in ("text", "off"):
         return display
     try:
-        import tqdm.auto  # noqa: F401
+        import tqdm.std  # noqa: F401
     except ImportError:
         return "text"
     if display == "bar":
@@ -216,6 +216,8 @@ class _TextView:
 
 def _is_notebook_tqdm(cls: Any) -> bool:
     """Tell whether a tqdm class draws an ipywidgets bar (``tqdm.auto`` in Jupyter)."""
+    if "tqdm.notebook" not in sys.modules:  # never imported: the class cannot be its subclass
+        return False
     try:
         from tqdm.notebook import tqdm as notebook_tqdm
     except ImportError:  # pragma: no cover - tqdm without its notebook module
@@ -227,7 +229,11 @@ class _BarView:
     """A ``tqdm.auto`` bar of completed / total tasks."""
 
     def __init__(self, description: str, file: Optional[TextIO]) -> None:
-        from tqdm.auto import tqdm
+        # tqdm.auto only in a kernel: at a terminal it would import IPython (and tqdm.notebook) to find out
+        if _in_notebook():
+            from tqdm.auto import tqdm
+        else:
+            from tqdm.std import tqdm
 
         kwargs: Dict[str, Any] = dict(
             total=0, desc=description, unit="task", file=file, leave=True,
