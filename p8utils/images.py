@@ -426,7 +426,7 @@ def _write_listing(spark: SparkSession, scan: Iterator[tuple], unlisted: List[Di
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return Listing(spark.read.parquet(storage.spark_path(dest)), n, unlisted, "python")
+    return Listing(spark.read.schema(_LISTING_SCHEMA).parquet(storage.spark_path(dest)), n, unlisted, "python")
 
 
 def _scan_s3(uri: str, exts: Tuple[str, ...], counts: Optional[Dict[str, int]] = None) -> Iterator[tuple]:
