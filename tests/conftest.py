@@ -1,5 +1,11 @@
 """Shared fixtures: one local Spark session and one offline model for the whole run.
 
+Across xdist workers too: one disk cache per session (``P8UTILS_CACHE``, never ~/.cache; ``P8_TEST_CACHE`` keeps
+one between sessions) filled once under a file lock; ``sample_run`` and ``notebook01_run`` made once per session
+(:func:`shared_once`). Under xdist (``make test``) the test files run heaviest first (:func:`_balance`). With
+``P8_REQUIRE_SYSTEM_PACKAGES=1`` (``make test``) a skip for lack of a system package ``make`` installs (Chromium,
+shellcheck, Kerberos for sparkmagic) is a failure.
+
 Also sets two markers that ``make test-fast`` (``-m "not jvm and not heavy and not slow"``) leaves out:
 ``jvm`` on every test that needs a JVM, ``heavy`` on tests that need none but take seconds of CPU each
 (a TensorFlow model, papermill or TensorFlow in a subprocess). A test gets them through the fixtures of
@@ -9,7 +15,13 @@ Also sets two markers that ``make test-fast`` (``-m "not jvm and not heavy and n
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pickle
+import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,7 +48,8 @@ _MARK_BY_FIXTURE = {
 #: warning, so the lists do not silently go stale when a test is renamed.
 _MARK_BY_NAME = {
     "jvm": (
-        "test_bench.py::test_bench_runs_on_a_tiny_input",
+        "test_bench.py::test_bench_json_has_every_figure_and_consistent_derived_values",
+        "test_bench.py::test_bench_table_prints_the_json",
         "test_bench.py::test_cost_curve_runs_on_a_tiny_input",
         "test_bootstrap.py::test_spark_submit_runs_the_pipeline_through_the_bootstrap_launcher",
         "test_bootstrap.py::test_run_notebook_on_master_headless_against_a_livy_endpoint",
@@ -46,10 +59,12 @@ _MARK_BY_NAME = {
         "test_livy.py",
         "test_notebooks.py::test_01_runs_headless_on_the_sample",
         "test_notebooks.py::test_03_analyses_the_features_of_01",
-        "test_notebooks.py::test_02_code_cells_give_the_same_outputs_as_01",
         "test_reliability.py::test_task_retried_after_python_worker_dies",
-    "test_reliability.py::test_files_deleted_during_featurization",
-    "test_reliability.py::test_a_file_list_of_s3_objects_is_read_without_any_listing",
+        "test_reliability.py::test_files_deleted_during_featurization",
+        "test_reliability.py::test_a_file_list_of_s3_objects_is_read_without_any_listing",
+        # their fixture `target` asks for `spark` / `s3_spark` at run time (request.getfixturevalue)
+        "test_runs.py::test_commit_names_the_files_and_deletes_what_it_no_longer_names",
+        "test_runs.py::test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table",
     ),
     "heavy": (
         "test_cli.py::test_check_command",  # TensorFlow in a subprocess
@@ -62,6 +77,7 @@ _MARK_BY_NAME = {
         "test_notebooks.py::test_nbstripout_would_not_change_them",  # papermill/nbstripout in subprocesses
         "test_notebooks.py::test_help_notebook_lists_every_parameter_with_its_comment",
         "test_notebooks.py::test_02_parameters_are_injected_as_python_for_pysparkkernel",
+        "test_runs.py::test_simultaneous_runs_exactly_one_wins",  # six processes importing p8utils: 5-20 s
     ),
 }
 
@@ -81,6 +97,11 @@ def _listed(marker: str) -> dict[str, set[str]]:
     return listed
 
 
+def _module_of(item: pytest.Item, here: Path) -> str:
+    path = item.path.resolve()
+    return path.relative_to(here).as_posix() if here in path.parents else ""
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the markers must be there by then
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Add the ``jvm`` and ``heavy`` markers (see :data:`_MARK_BY_FIXTURE`, :data:`_MARK_BY_NAME`)."""
@@ -88,18 +109,226 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     listed = {marker: _listed(marker) for marker in _MARK_BY_NAME}
     stale = set()
     for item in items:
-        path = item.path.resolve()
-        module = path.relative_to(here).as_posix() if here in path.parents else ""
+        module = _module_of(item, here)
         name = getattr(item, "originalname", item.name)
         for marker, fixtures in _MARK_BY_FIXTURE.items():
             names = listed[marker].get(module, set())
             stale.update((marker, module, n) for n in names if n and not hasattr(getattr(item, "module", None), n))
             if any(f in item.fixturenames for f in fixtures) or "" in names or name in names:
                 item.add_marker(getattr(pytest.mark, marker))
+    _balance(config, items, [_module_of(item, here) for item in items])
     for marker, module, name in sorted(stale):
         warnings.warn(f"tests/conftest.py _MARK_BY_NAME[{marker!r}] lists {module}::{name}, which {module} does not "
                       "define: the test was renamed or removed. Fix: update the list.", pytest.PytestConfigWarning,
                       stacklevel=1)
+
+
+# ---- one disk cache per test session (offline weights, converted models), never ~/.cache ----------------------
+
+#: Set this to a folder to keep the tests' disk cache between sessions (a quicker edit-test loop); by default each
+#: session fills a fresh one, removed at its end.
+TEST_CACHE_VAR = "P8_TEST_CACHE"
+_SESSION_CACHE: list[str] = []  # [the session's P8UTILS_CACHE] once pytest_configure has run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point ``P8UTILS_CACHE`` at the session's cache before any test (and any xdist worker) starts.
+
+    On the controller (or the only process): xdist starts its workers later, from this environment, so every
+    worker and every subprocess of a test (CLI runs, notebooks, spark-submit) shares the one cache.
+    """
+    if not hasattr(config, "workerinput"):
+        keep = os.environ.get(TEST_CACHE_VAR)
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            cache = keep
+        else:
+            cache = tempfile.mkdtemp(prefix="p8utils-test-cache-")
+            config._p8_cache_made = cache  # type: ignore[attr-defined]
+        os.environ["P8UTILS_CACHE"] = cache
+    _SESSION_CACHE[:] = [os.environ.get("P8UTILS_CACHE", "")]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = getattr(config, "_p8_cache_made", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on ``path`` (a lock file), across the processes of the session (xdist workers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_WARM: list[bool] = []
+
+
+#: What every pipeline run at the defaults needs first: the offline weights (224 px, seed 0) and their fp32 TFLite
+#: conversion (the default engine). In a subprocess: no TensorFlow in the test process for it.
+_WARM_CODE = ("from p8utils import engines, models\n"
+              "engines.payload(models.load_weights('mobilenet_v2', 'offline', seed=0), 'tflite')\n")
+
+
+def _warm_cache() -> None:
+    """Fill the session cache once: the first process computes (:data:`_WARM_CODE`), the others wait for it on a
+    lock, then find it there, as do the CLI runs, notebooks and spark-submit runs the tests start."""
+    if _WARM or not _SESSION_CACHE or not _SESSION_CACHE[0]:
+        return
+    import subprocess
+    import sys
+
+    cache = _SESSION_CACHE[0]
+    with locked(Path(cache) / ".warm.lock"):
+        done = Path(cache) / ".warm.done"
+        if not done.is_file():
+            env = dict(os.environ, P8UTILS_CACHE=cache, TF_CPP_MIN_LOG_LEVEL="2",
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run([sys.executable, "-c", _WARM_CODE], capture_output=True, text=True, env=env,
+                                  cwd=ROOT, timeout=900)
+            assert proc.returncode == 0, f"filling the test cache {cache} failed:\n{proc.stderr[-3000:]}"
+            done.touch()
+    _WARM.append(True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_filled(request: pytest.FixtureRequest) -> None:
+    """Before the first test (and any other fixture: session-scoped and autouse), if any test of this run needs a
+    model (marked ``jvm`` or ``heavy``; ``make test-fast`` selects none): fill the session cache."""
+    if any(item.get_closest_marker("jvm") or item.get_closest_marker("heavy") for item in request.session.items):
+        _warm_cache()
+
+
+def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's base temporary folder, shared by the xdist workers (each has its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build):
+    """``build(folder)`` once per test session across xdist workers; its (pickled) result for every caller.
+
+    The first process to ask builds under a lock (the others wait, then read the result); a failed build is not
+    recorded, so a later caller tries again and fails the same way.
+    """
+    root = _shared_root(tmp_path_factory) / f"p8-shared-{name}"
+    result = root / "result.pickle"
+    with locked(root.parent / f"p8-shared-{name}.lock"):
+        if result.is_file():
+            with contextlib.suppress(Exception):
+                return pickle.loads(result.read_bytes())
+        folder = root / "data"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        value = build(folder)
+        with contextlib.suppress(Exception):
+            result.write_bytes(pickle.dumps(value))
+        return value
+
+
+# ---- a skipped test that needs a system package `make test` installs is a failure there ---------------------
+
+#: Set by ``make test`` (which installs them): a skip naming one of these packages fails the test instead.
+REQUIRE_VAR = "P8_REQUIRE_SYSTEM_PACKAGES"
+_SYSTEM_PACKAGE_SKIP = re.compile(r"chromium|chromedriver|webdriver|shellcheck|gssapi|kerberos|krb5|sparkmagic",
+                                  re.IGNORECASE)
+
+
+def _required_skip(report) -> str:
+    """The skip reason if ``report`` is a skip that :data:`REQUIRE_VAR` turns into a failure, else ``""``."""
+    if os.environ.get(REQUIRE_VAR) != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return ""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason if _SYSTEM_PACKAGE_SKIP.search(reason) else ""
+
+
+def _fail_instead(report, reason: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = (f"{REQUIRE_VAR}=1 (make test installs the system packages): this test may not skip. "
+                       f"Skip reason: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    reason = _required_skip(report)
+    if reason:
+        _fail_instead(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    reason = _required_skip(report)
+    if reason:  # a module-level importorskip (e.g. sparkmagic in test_livy.py)
+        _fail_instead(report, reason)
+
+
+# ---- balance: the test files heaviest first (--dist loadfile --no-loadscope-reorder) -----------------------------
+
+#: Seconds of the slowest tests at the last full run (2 busy cores); any other test is guessed from its markers
+#: (see :func:`_cost`). Only the order of the files depends on them: a stale figure costs balance, not correctness.
+_KNOWN_COST_S = {
+    "test_bench.py::test_bench_json_has_every_figure_and_consistent_derived_values": 125,  # its fixture's bench run
+    "test_bench.py::test_bench_table_prints_the_json": 1,
+    "test_bench.py::test_cost_curve_runs_on_a_tiny_input": 85,
+    "test_cli.py::test_cli_run_and_project_end_to_end_on_s3": 90,
+    "test_bootstrap.py::test_a_killed_run_leaves_no_livy_session_behind": 45,
+    "test_bootstrap.py::test_run_notebook_on_master_headless_against_a_livy_endpoint": 55,
+    "test_bootstrap.py::test_bootstrap_installs_pins_and_p8utils_into_a_fresh_venv": 80,  # the fixture's install
+    "test_livy.py::test_02_on_pysparkkernel_writes_what_01_writes": 85,  # the fixture's runs
+}
+
+
+def _cost(item: pytest.Item, module: str) -> float:
+    name = getattr(item, "originalname", item.name)
+    known = _KNOWN_COST_S.get(f"{module}::{name}")
+    if known is not None:
+        return known
+    if item.get_closest_marker("slow"):
+        return 40.0
+    if item.get_closest_marker("jvm") or item.get_closest_marker("heavy"):
+        return 6.0
+    return 0.3
+
+
+def _balance(config: pytest.Config, items: list[pytest.Item], modules: list[str]) -> None:
+    """On an xdist worker: the test files ordered by estimated cost, heaviest first (each file's tests in their
+    order). ``--dist loadfile --no-loadscope-reorder`` (``make test``) hands the files out in that order, so the
+    long ones start first instead of ending alone on one worker (xdist's own reorder goes by the number of tests:
+    the few-but-long files came last). Not ``--dist loadgroup``: pytest-xdist 3.8 marks a group by rewriting
+    ``item._nodeid``, which pytest 9 no longer reads, so every test became its own unit (module fixtures made on
+    both workers)."""
+    if not hasattr(config, "workerinput"):
+        return
+    cost: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for i, (item, module) in enumerate(zip(items, modules)):
+        key = item.nodeid.split("::", 1)[0]  # loadfile's unit
+        cost[key] = cost.get(key, 0.0) + _cost(item, module)
+        first.setdefault(key, i)
+    keys = [item.nodeid.split("::", 1)[0] for item in items]
+    order = sorted(range(len(items)), key=lambda i: (-cost[keys[i]], first[keys[i]], i))
+    items[:] = [items[i] for i in order]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef, request) -> None:
+    """A test that starts the shared Spark session must be marked ``jvm`` (else ``make test-fast`` starts a JVM):
+    a fixture asking for ``spark`` at run time (``request.getfixturevalue``) hides it from the marking."""
+    item = getattr(request, "_pyfuncitem", None)
+    if fixturedef.argname == "spark" and item is not None and item.get_closest_marker("jvm") is None:
+        pytest.fail(f"{item.nodeid} starts the Spark session but is not marked jvm. Fix: list it in "
+                    "tests/conftest.py _MARK_BY_NAME['jvm'].", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -216,5 +445,35 @@ def sample_run(spark, sample_dir, tmp_path_factory):
     """One end-to-end pipeline run on data_sample/ with offline weights, shared by tests."""
     from p8utils.pipeline import run
 
-    out = tmp_path_factory.mktemp("sample_run") / "run"
-    return run(str(sample_dir), str(out), weights="offline", variance=0.95, spark=spark)
+    return shared_once(tmp_path_factory, "sample_run", lambda folder: run(
+        str(sample_dir), str(folder / "run"), weights="offline", variance=0.95, spark=spark))
+
+
+@pytest.fixture(scope="session")
+def notebook01_run(tmp_path_factory) -> tuple[Path, Path]:
+    """Notebook 01 run once by papermill (data_sample/, offline weights, local[2]; a relative input and a foreign
+    cwd), shared by tests/test_notebooks.py and tests/test_livy.py across workers: (executed notebook, run folder).
+    Raises papermill's error if a cell fails."""
+    import json
+    import sys
+
+    import papermill
+
+    def build(folder: Path) -> tuple[Path, Path]:
+        spec = folder / "jupyter" / "kernels" / "p8utils-nb01"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "p8utils tests", "language": "python"}))
+        run, executed = folder / "run", folder / "01.ipynb"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("JUPYTER_PATH", str(folder / "jupyter"))
+            mp.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+            papermill.execute_notebook(str(ROOT / "notebooks" / "01_local_sample.ipynb"), str(executed),
+                                       parameters={"input": "data_sample", "output": str(run), "weights": "offline",
+                                                   "master": "local[2]"},
+                                       kernel_name="p8utils-nb01", cwd=str(folder), progress_bar=False,
+                                       log_output=False)
+        return executed, run
+
+    return shared_once(tmp_path_factory, "notebook01", build)

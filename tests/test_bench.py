@@ -1,9 +1,15 @@
-"""Smoke test of the benchmark (benchmarks/bench.py) on a tiny input (no timing assertions: it is a benchmark)."""
+"""Smoke tests of the benchmarks (benchmarks/bench.py, benchmarks/cost_curve.py) on tiny inputs.
+
+Timings are never asserted (they are benchmarks); what is checked is that every figure the scripts report is the one
+they measured: the JSON's keys exactly, each ratio and derived rate recomputed from the measured numbers, the targets'
+verdicts from their values, and the printed table row by row against the JSON.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +19,9 @@ import pytest
 from .conftest import ROOT
 
 BENCH = ROOT / "benchmarks" / "bench.py"
+COST_CURVE = ROOT / "benchmarks" / "cost_curve.py"
+QUICK_CONFIGS = ("tflite:224", "tflite:96", "tflite-int8:96")  # --quick, in the order they are measured
+TINY_IMAGES, MIN_IMAGES, RUN_IMAGES = 16, 24, 32  # 16 photos repeated up to >= 24: two copies each
 
 
 def _load_bench():
@@ -24,46 +33,158 @@ def _load_bench():
     return module
 
 
-@pytest.mark.slow
-def test_bench_runs_on_a_tiny_input(tmp_path, sample_dir):
-    out = tmp_path / "bench.json"
-    tiny = tmp_path / "tiny"
+def _close(a, b, rel=1e-9) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+
+
+def _line_starting(stdout: str, head: str) -> str:
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith(head)]
+    return line
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, sample_dir):
+    tmp = tmp_path_factory.mktemp("bench")
+    out, tiny = tmp / "bench.json", tmp / "tiny"
     for cls in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
         (tiny / cls.name).mkdir(parents=True)
         for f in sorted(cls.glob("*.jpg"))[:2]:
             (tiny / cls.name / f.name).write_bytes(f.read_bytes())
-    # the disk cache the other tests fill (offline weights at 224 and 96 px): the smoke test times nothing
+    # the session's disk cache (tests/conftest.py: P8UTILS_CACHE) has the 224 px offline weights and TFLite model
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--input", str(tiny), "--min-images", "24", "--batch-size", "8",
-         "--json", str(out)],
+        [sys.executable, str(BENCH), "--quick", "--input", str(tiny), "--min-images", str(MIN_IMAGES),
+         "--batch-size", "8", "--json", str(out)],
         capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
+    result, _ = bench_run
+    assert set(result) == {"machine", "master", "cores", "images", "input", "batch_size", "repeats", "weights",
+                           "reference", "probe_seeds", "probe_n_test", "probe_distinct_photos_only", "configs",
+                           "fastest_within_probe", "profile_ms_per_image_one_core", "spark_io_noop", "pca", "memory",
+                           "seeds", "ratios", "targets"}
+    assert result["reference"] == "tflite:224" and result["repeats"] == 1 and result["batch_size"] == 8
+    assert result["images"] == RUN_IMAGES and result["probe_distinct_photos_only"] is True
     configs = result["configs"]
-    assert set(configs) == {"tflite:224", "tflite-int8:96", "tflite:96"} and result["reference"] == "tflite:224"
+    assert list(configs) == list(QUICK_CONFIGS)
+    ref = configs["tflite:224"]
     for name, c in configs.items():
-        assert c["pipeline"]["images"] == 32, name  # 16 images repeated up to >= 24
-        assert c["raw"]["best"] > 0 and c["raw"]["one_process"] > 0 and c["raw"]["per_core"] > 0
-        assert c["pipeline"]["img_per_s"] > 0 and c["pipeline"]["run_img_per_s"] > 0
-        assert 0 <= c["probe"]["mean_accuracy"] <= 1 and c["probe"]["n_test"] == 8  # distinct photos only
-        assert c["probe"]["max_iter"] == 20  # --quick
-        assert c["python_worker_peak_mb"] > 0
+        int8 = c["engine"] == "tflite-int8"
+        expected = {"engine", "size", "raw", "pipeline", "python_worker_peak_mb", "probe"}
+        expected |= {"int8_prepare_s", "int8_from_cache", "cosine_vs_fp32_same_size"} if int8 else set()
+        expected |= {"cosine_vs_reference"} if name != "tflite:224" else set()
+        assert set(c) == expected, name
+        assert f"{c['engine']}:{c['size']}" == name
+        raw, pipe, pr = c["raw"], c["pipeline"], c["probe"]
+        assert set(raw) == {"one_process", "per_core", "best"} and raw["best"] == max(raw["one_process"],
+                                                                                      raw["per_core"]) > 0
+        assert pipe["images"] == RUN_IMAGES and len(pipe["timings_s"]) == 1, name  # one timed run
+        timings = pipe["timings_s"][0]
+        assert _close(pipe["featurize_s"], timings["featurize"]) and pipe["featurize_s"] > 0
+        assert _close(pipe["run_s"], sum(v for k, v in timings.items() if k != "weights"))
+        assert _close(pipe["img_per_s"], RUN_IMAGES / pipe["featurize_s"])
+        assert _close(pipe["run_img_per_s"], RUN_IMAGES / pipe["run_s"])
+        assert pr["max_iter"] == 20 and pr["seeds"] == [0] and pr["n_test"] == 8  # --quick; distinct photos only
+        assert pr["n_train"] + pr["n_test"] == TINY_IMAGES and pr["n_classes"] == 8
+        assert _close(pr["mean_accuracy"], sum(pr["accuracy"]) / len(pr["accuracy"])) and 0 <= pr["mean_accuracy"] <= 1
+        assert 0 < c["python_worker_peak_mb"] <= result["memory"]["python_worker_peak_mb"]
     int8 = configs["tflite-int8:96"]
-    for fid in (int8["cosine_vs_reference"], int8["cosine_vs_fp32_same_size"]):
-        assert 0.5 < fid["min"] <= fid["p1"] <= fid["median"] <= 1.0 and fid["images"] == 32
-    assert "cosine_vs_reference" not in configs["tflite:224"]
+    for fid in (int8["cosine_vs_reference"], int8["cosine_vs_fp32_same_size"],
+                configs["tflite:96"]["cosine_vs_reference"]):
+        assert 0.5 < fid["min"] <= fid["p1"] <= fid["median"] <= 1.0 and fid["images"] == RUN_IMAGES
+    assert isinstance(int8["int8_from_cache"], bool) and int8["int8_prepare_s"] >= 0
+
+    # ratios: recomputed from the measured figures
+    seeds = result["seeds"]
+    assert seeds["images"] == RUN_IMAGES and seeds["partitions"] == 4 and len(seeds["seconds"]) == 1
+    assert _close(seeds["img_per_s"], RUN_IMAGES / seeds["seconds"][0]) and seeds["python_worker_peak_mb"] > 0
+    ratios = result["ratios"]
+    assert set(ratios) == {*QUICK_CONFIGS, "fastest_within_probe"}  # no 100k PCA table in --quick
+    for name, c in configs.items():
+        pipe = c["pipeline"]["img_per_s"]
+        assert set(ratios[name]) == {"pipeline_over_raw", "pipeline_over_fp32_224", "pipeline_over_seeds",
+                                     "probe_points_vs_fp32_224"}
+        assert _close(ratios[name]["pipeline_over_raw"], pipe / c["raw"]["best"])
+        assert _close(ratios[name]["pipeline_over_fp32_224"], pipe / ref["pipeline"]["img_per_s"])
+        assert _close(ratios[name]["pipeline_over_seeds"], pipe / seeds["img_per_s"])
+        assert _close(ratios[name]["probe_points_vs_fp32_224"],
+                      100 * (c["probe"]["mean_accuracy"] - ref["probe"]["mean_accuracy"]))
+    ref_accuracy = ref["probe"]["mean_accuracy"]
+    within = [n for n, c in configs.items() if 100 * (ref_accuracy - c["probe"]["mean_accuracy"]) <= 0.5]
+    fastest = max(within, key=lambda n: configs[n]["pipeline"]["img_per_s"])  # tflite:224 is always within
+    assert result["fastest_within_probe"] == fastest == ratios["fastest_within_probe"]["config"]
+    assert _close(ratios["fastest_within_probe"]["over_seeds"], ratios[fastest]["pipeline_over_seeds"])
+
+    # PCA: the pipeline's features (32 rows) and the two --quick synthetic tables
     assert set(result["pca"]) == {"pipeline features", "300", "1k"}
-    for p in result["pca"].values():
-        assert p["covariance"]["median_s"] > 0 and p["spark_ml"]["median_s"] > 0 and p["speedup"] > 0
-    assert result["seeds"]["img_per_s"] > 0 and result["ratios"]["tflite:96"]["pipeline_over_seeds"] > 0
-    assert result["seeds"]["python_worker_peak_mb"] > 0  # apart: the RSS target is about the engines
-    assert result["memory"]["python_worker_peak_mb"] > 0 and result["fastest_within_probe"] in configs
+    for label, rows in (("pipeline features", RUN_IMAGES), ("300", 300), ("1k", 1000)):
+        p = result["pca"][label]
+        assert set(p) == {"rows", "covariance", "spark_ml", "speedup"} and p["rows"] == rows
+        for method in ("covariance", "spark_ml"):
+            assert p[method]["median_s"] == p[method]["seconds"][0] > 0 and len(p[method]["seconds"]) == 1
+        assert _close(p["speedup"], p["spark_ml"]["median_s"] / p["covariance"]["median_s"])
+
+    memory = result["memory"]
+    assert set(memory) == {"python_worker_peak_mb", "python_workers", "jvm_driver_peak_mb", "python_driver_peak_mb"}
+    assert memory["python_worker_peak_mb"] >= max(c["python_worker_peak_mb"] for c in configs.values())
+    assert memory["jvm_driver_peak_mb"] > 0 and memory["python_driver_peak_mb"] > 0
     assert set(result["profile_ms_per_image_one_core"]) == {"224", "96"}
-    assert {t["met"] for t in result["targets"]} <= {True, False, None} and len(result["targets"]) == 7
-    for text in ("tflite-int8:96", "seeds method", "PCA fit 1k (1000 x 1280)", "targets (2 cores", "cos med"):
-        assert text in proc.stdout, text
+    for p in result["profile_ms_per_image_one_core"].values():
+        assert set(p) == {"decode_resize_ms", "preprocess_ms"} and p["decode_resize_ms"] > 0 and p["preprocess_ms"] > 0
+    assert result["spark_io_noop"]["images"] == RUN_IMAGES
+    assert _close(result["spark_io_noop"]["img_per_s"], RUN_IMAGES / result["spark_io_noop"]["seconds"][0])
+
+    # the targets: each value is the measured one, each verdict follows from it (None where --quick measures nothing)
+    targets = result["targets"]
+    assert len(targets) == 7 and all(set(t) == {"what", "value", "met", "raw_value"} for t in targets)
+    expected = [
+        (ref["pipeline"]["img_per_s"] / ref["raw"]["best"], lambda v: v >= 0.9),
+        (None, None),  # int8 at 224: not in --quick
+        (None, None),
+        (configs[fastest]["pipeline"]["img_per_s"] / seeds["img_per_s"], lambda v: v >= 8.0),
+        (configs[fastest]["pipeline"]["img_per_s"], lambda v: v >= 400.0),
+        (None, None),  # PCA on 100k rows: not in --quick
+        (memory["python_worker_peak_mb"], lambda v: v <= 1.5 * 1024),
+    ]
+    for target, (value, rule) in zip(targets, expected):
+        if value is None:
+            assert target["raw_value"] is None and target["met"] is None and target["value"] == "not measured", target
+        else:
+            assert _close(target["raw_value"], value) and target["met"] is rule(value), target
+    assert fastest in targets[3]["what"]
+
+
+@pytest.mark.slow
+def test_bench_table_prints_the_json(bench_run):
+    """The printed table is the JSON: every configuration row, the seeds', PCA and target lines, number by number."""
+    result, stdout = bench_run
+    configs, seeds = result["configs"], result["seeds"]["img_per_s"]
+    for name, c in configs.items():
+        raw, pipe, pr = c["raw"], c["pipeline"], c["probe"]
+        fid = c.get("cosine_vs_reference")
+        want = [name, f"{raw['one_process']:.1f}", f"{raw['per_core']:.1f}", f"{pipe['img_per_s']:.1f}",
+                f"{pipe['img_per_s'] / raw['best']:.2f}", f"{pipe['img_per_s'] / seeds:.1f}",
+                f"{pipe['run_img_per_s']:.1f}"]
+        want += [f"{fid[k]:.4f}" for k in ("median", "p1", "min")] if fid else []
+        want += [f"{100 * pr['mean_accuracy']:.2f}", f"{100 * pr['mean_macro_f1']:.2f}",
+                 f"{c['python_worker_peak_mb']:.0f}"]
+        assert _line_starting(stdout, name + " ").split() == want, name
+    int8 = configs["tflite-int8:96"]["cosine_vs_fp32_same_size"]
+    assert (f"  tflite-int8:96: cosine to fp32 at the same size {int8['median']:.4f} / {int8['p1']:.4f} / "
+            f"{int8['min']:.4f} (median / 1st pct / min)") in stdout
+    assert _line_starting(stdout, "seeds method").split()[-2:] == [f"{seeds:.1f}", "img/s"]
+    for label, p in result["pca"].items():
+        line = (f"PCA fit {label} ({p['rows']} x 1280): covariance {p['covariance']['median_s']:.2f} s, spark_ml "
+                f"{p['spark_ml']['median_s']:.2f} s (spark_ml / covariance = {p['speedup']:.1f}x)")
+        assert line in stdout.splitlines(), line
+    marks = {True: "ok  ", False: "MISS", None: "n/a "}
+    for t in result["targets"]:
+        assert f"  [{marks[t['met']]}] {t['what']}: {t['value']}" in stdout.splitlines(), t
 
 
 def test_prepare_input_repeats_to_the_minimum(tmp_path, sample_dir):
@@ -77,16 +198,34 @@ def test_prepare_input_repeats_to_the_minimum(tmp_path, sample_dir):
 
 @pytest.mark.slow
 def test_cost_curve_runs_on_a_tiny_input(tmp_path, sample_dir):
-    """The scale benchmark's whole sequence on 16 images (timings are never asserted)."""
+    """The scale benchmark's whole sequence on 16 images (timings are never asserted, only derived from)."""
     out = tmp_path / "curve.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cost_curve.py"), "--source", str(sample_dir),
+    proc = subprocess.run([sys.executable, str(COST_CURVE), "--source", str(sample_dir),
                            "--sizes", "16", "--incremental-base", "16", "--workdir", str(tmp_path / "w"),
                            "--json", str(out)], capture_output=True, text=True, timeout=1500, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert set(result) == {"source", "cores", "run_args", "runs", "listing", "ratios"}
+    assert result["source"] == str(sample_dir) and result["run_args"] == []
     names = [r["name"] for r in result["runs"]]
     assert names == ["full_16", "incremental_plus_1pct", "incremental_plus_10pct", "full_17"]  # full_16: the base
     runs = {r["name"]: r for r in result["runs"]}
-    assert runs["incremental_plus_10pct"]["featurized"] == 1 and runs["full_17"]["featurized"] == 17
-    assert result["listing"]["files"] == 16 and runs["full_16"]["peak_rss_mb"]["jvm"] > 0
-    assert "incremental_plus_10pct_over_full" in result["ratios"]
+    # images in the folder / featurized by the run: +1 % of 16 adds no file, +10 % one; the last run is a full one
+    expected = {"full_16": (16, 16), "incremental_plus_1pct": (16, 0), "incremental_plus_10pct": (17, 1),
+                "full_17": (17, 17)}
+    for name, r in runs.items():
+        assert (r["images"], r["featurized"]) == expected[name], r
+        assert r["exit_code"] == 0 and r["seconds"] > 0 and _close(r["seconds_per_image"], r["seconds"] / r["images"])
+        assert set(r["peak_rss_mb"]) <= {"jvm", "python_driver", "python_worker"}, r["peak_rss_mb"]
+        assert r["peak_rss_mb"]["jvm"] > 0 and r["peak_rss_mb"]["python_driver"] > 0, r["peak_rss_mb"]
+        assert "featurize" in r["timings_s"], r["timings_s"]
+    assert result["listing"]["files"] == 16 and result["listing"]["seconds"] >= 0
+    assert set(result["ratios"]) == {"incremental_plus_10pct_over_full", "incremental_plus_1pct_over_full"}
+    for share in (1, 10):
+        assert _close(result["ratios"][f"incremental_plus_{share}pct_over_full"],
+                      runs[f"incremental_plus_{share}pct"]["seconds"] / runs["full_17"]["seconds"])
+    for r in result["runs"]:  # the printed table is the JSON
+        rss = r["peak_rss_mb"]
+        assert (f"| {r['name']} | {r['images']} | {r['featurized']} | {r['seconds']:.1f} | "
+                f"{1000 * r['seconds_per_image']:.2f} | {rss.get('python_driver', 0):.0f} / {rss.get('jvm', 0):.0f} / "
+                f"{rss.get('python_worker', 0):.0f} |") in proc.stdout.splitlines()

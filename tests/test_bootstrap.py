@@ -1612,8 +1612,28 @@ def test_spark_submit_runs_the_pipeline_through_the_bootstrap_launcher(bootstrap
                 bootstrapped["prefix"] / "p8utils_main.py", "run", "--input", images, "--output", out,
                 "--weights", "offline", "--k", "2"], env=env, timeout=900, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    assert (out / "manifest.json").is_file()
-    assert (out / "features").is_dir() and (out / "pca").is_dir()
+    import numpy as np
+    import pandas as pd
+
+    inputs = sorted((f.parent.name, f.name) for f in images.rglob("*.jpg"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["total"] == counts["ok"] == len(inputs) == 6 and counts["failed"] == 0, counts
+    assert manifest["pca"]["k"] == 2, manifest["pca"]
+    # the driver ran on the venv's Python (spark.pyspark.python), which knows the pin set the bootstrap installed
+    assert manifest["versions"]["python_executable"] == str(bootstrapped["python"]), manifest["versions"]
+    assert manifest["versions"]["pin_set"] == bootstrapped["requirements"].name, manifest["versions"]
+    features = pd.read_parquet(out / "features").sort_values("path").reset_index(drop=True)
+    rows = sorted((Path(p.split(":", 1)[-1]).parent.name, Path(p).name) for p in features["path"])
+    assert rows == inputs, "one row per input file, no more"
+    assert [Path(p).parent.name for p in features["path"]] == features["label"].tolist(), "labels = folder names"
+    assert features["error"].isna().all(), features["error"].tolist()
+    matrix = np.stack(features["features"])
+    assert matrix.shape == (6, 1280) and np.isfinite(matrix).all()
+    assert np.linalg.norm(matrix, axis=1).min() > 0, "features of an untrained/empty model"
+    assert np.abs(matrix[:3] - matrix[3:]).max() > 0, "two different colours, different features"
+    pca = pd.read_parquet(out / "pca")
+    assert sorted(pca["path"]) == sorted(features["path"]) and {len(v) for v in pca["pca_features"]} == {2}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1711,6 +1731,11 @@ def test_run_notebook_on_master_headless_against_a_livy_endpoint(tmp_path):
         server.stop()
 
 
+#: Test only: seconds without a request after which the test Livy server expires a session in the killed-run test
+#: (the kit asks Livy for 60 s; waiting that long bought nothing but a minute of the suite).
+KILLED_RUN_HEARTBEAT_S = 20
+
+
 @pytest.mark.slow
 @pytest.mark.jvm
 def test_a_killed_run_leaves_no_livy_session_behind(tmp_path):
@@ -1723,12 +1748,17 @@ def test_a_killed_run_leaves_no_livy_session_behind(tmp_path):
         pytest.skip("needs a Python with papermill, sparkmagic (pysparkkernel kernelspec) and pyspark")
     livy = pytest.importorskip("tests.harness.livy_test_server")
     timeout = _generator().HEADLESS["livy_server_heartbeat_timeout_seconds"]
+    refresh = _generator().HEADLESS["heartbeat_refresh_seconds"]
+    # Test only: the server expires the heartbeat after KILLED_RUN_HEARTBEAT_S, not the asked 60 s (the session still
+    # asks for the generator's value, checked below); above sparkmagic's refresh, so a live kernel keeps its session.
+    cap = KILLED_RUN_HEARTBEAT_S
+    assert refresh + 5 <= cap <= timeout, (refresh, cap, timeout)
     source = tmp_path / "nb.ipynb"
     source.write_text(json.dumps(_pyspark_notebook([
         ("n = 1", ["parameters"]),
         ("import time\nprint('started', flush=True)\ntime.sleep(900)", None),
     ])))
-    server = livy.start("127.0.0.1", 0, python=python, log_dir=str(tmp_path / "livy-logs"))
+    server = livy.start("127.0.0.1", 0, python=python, log_dir=str(tmp_path / "livy-logs"), heartbeat_cap=cap)
     runner = None
     try:
         runner = subprocess.Popen(
@@ -1752,10 +1782,12 @@ def test_a_killed_run_leaves_no_livy_session_behind(tmp_path):
         while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not _processes_mentioning(str(tmp_path)), "papermill or its kernel outlived the killed runner"
-        deadline = killed_at + timeout + 45
+        deadline = killed_at + cap + 45
         while server.sessions() and time.monotonic() < deadline:
             time.sleep(1)
-        assert not server.sessions(), f"the session outlived its client by more than {timeout + 45} s"
+        assert not server.sessions(), f"the session outlived its client by more than {cap + 45} s"
+        log = (tmp_path / "livy-logs" / f"session-{session.id}.log").read_text(errors="replace")
+        assert "heartbeat expired" in log, "the session was deleted because its heartbeat stopped: " + log[-2000:]
         print(f"\n[killed run] session deleted {time.monotonic() - killed_at:.0f} s after SIGKILL")
     finally:
         if runner is not None and runner.poll() is None:

@@ -4,7 +4,8 @@ Apache Livy cannot be installed here, so ``tests/harness/livy_test_server.py`` p
 session with a real local ``SparkSession`` (the project venv's Python, ``local[2]``). papermill runs
 ``notebooks/02_emr_full_run.ipynb`` unchanged with ``-k pysparkkernel`` (installed by ``make test``: the
 ``sparkmagic`` extra + the kernelspec), exactly as on the EMR primary node, on data_sample/ with offline
-weights; notebook 01 runs on the same input with the same parameters in a plain Python kernel. The two
+weights; notebook 01 runs on the same input with the same parameters in a plain Python kernel (the run
+tests/test_notebooks.py checks: ``notebook01_run`` in tests/conftest.py). The two
 runs must write the same results, 02's ``%matplot plt`` cells must give ``image/png`` outputs, and a
 failing cell must fail the papermill run. See tests/sparkmagic/NOTES.md.
 """
@@ -215,19 +216,6 @@ def _sparkmagic_env(livy, token: str, base: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def python_kernel_env(token, tmp_path_factory):
-    """Environment with a kernelspec running this interpreter (as tests/test_notebooks.py does), for 01."""
-    share = tmp_path_factory.mktemp("jupyter")
-    spec = share / "kernels" / "p8utils-livy-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "p8utils tests", "language": "python"}))
-    return dict(os.environ, JUPYTER_PATH=str(share), MPLBACKEND="module://matplotlib_inline.backend_inline",
-                **{TOKEN_VAR: token})
-
-
-@pytest.fixture(scope="module")
 def nb02_params():
     """02's own parameter names, read from its parameters cell."""
     params = _parameters(NB02)
@@ -241,12 +229,13 @@ def nb02_params():
 
 
 @pytest.fixture(scope="module")
-def runs(livy, token, python_kernel_env, nb02_params, tmp_path_factory):
-    """Three papermill runs at once, on data_sample/ with offline weights and the same k/variance.
+def runs(request, livy, token, nb02_params, tmp_path_factory):
+    """Two papermill runs of 02 at once and notebook 01, on data_sample/ with offline weights and the same k/variance.
 
-    * 01 in a Python kernel (its own local[2] session);
     * 02 with ``-k pysparkkernel`` → Livy test server (a local[2] session per Livy session);
-    * 02 again with an input folder that does not exist: it must fail.
+    * 02 again with an input folder that does not exist: it must fail;
+    * 01 in a Python kernel (its own local[2] session): the run tests/test_notebooks.py checks too
+      (``notebook01_run``, made once per session), made or awaited while the 02 runs go on.
 
     They overlap because most of a run is waiting (kernel, JVM and session start, sparkmagic's polling).
     """
@@ -255,26 +244,32 @@ def runs(livy, token, python_kernel_env, nb02_params, tmp_path_factory):
     assert sample.is_dir(), "data_sample/ is missing: run `make sample`"
     p = nb02_params
     declared01 = _parameters(NB01)
-    params01 = {_pick(declared01, "input", "input_path", notebook=NB01): str(sample),
-                _pick(declared01, "output", "output_path", notebook=NB01): base / "run01",
-                "weights": "offline", "k": None, "variance": VARIANCE, "master": "local[2]"}
-    assert set(params01) <= set(_parameters(NB01)), f"01's parameters changed: {list(_parameters(NB01))}"
+    for names in (("input", "input_path"), ("output", "output_path"), ("weights",), ("k",), ("variance",),
+                  ("master",)):
+        _pick(declared01, *names, notebook=NB01)  # 01 still takes the parameters its shared run is given
     params02 = {p["input"]: str(sample), p["output"]: base / "run02", p["weights"]: "offline", p["k"]: None,
                 p["variance"]: VARIANCE}
     params_fail = dict(params02, **{p["input"]: base / "no-such-input", p["output"]: base / "run-fail"})
     jobs = {
-        "01": (["-k", "p8utils-livy-test", NB01], params01, python_kernel_env),
-        "02": (["-k", "pysparkkernel", NB02], params02, None),
-        "02-fail": (["-k", "pysparkkernel", NB02], params_fail, None),
+        "02": (["-k", "pysparkkernel", NB02], params02),
+        "02-fail": (["-k", "pysparkkernel", NB02], params_fail),
     }
     started = {}
-    for name, (head, params, env) in jobs.items():
-        if env is None:
-            (base / f"sm-{name}").mkdir()
-            env = _sparkmagic_env(livy, token, base / f"sm-{name}")
+    for name, (head, params) in jobs.items():
+        (base / f"sm-{name}").mkdir()
+        env = _sparkmagic_env(livy, token, base / f"sm-{name}")
         args = [*head[:-1], "--cwd", base, head[-1], base / f"{name}.ipynb", *_cli_params(params)]
         started[name] = _start_papermill(args, env, base / f"{name}.log")
-    results = _finish_all(started)
+    start = time.monotonic()
+    try:
+        nb01, run01 = request.getfixturevalue("notebook01_run")
+        (base / "01.ipynb").symlink_to(nb01)
+        (base / "run01").symlink_to(run01, target_is_directory=True)
+        result01 = (0, time.monotonic() - start)
+    except Exception as exc:  # noqa: BLE001 - 01's failure fails the test that compares with it, not the others
+        (base / "01.log").write_text(f"notebook01_run (tests/conftest.py) failed: {exc!r}")
+        result01 = (1, time.monotonic() - start)
+    results = {"01": result01, **_finish_all(started)}
     print("\n[test_livy] papermill wall times (concurrent): "
           + ", ".join(f"{name} {secs:.1f} s (exit {code})" for name, (code, secs) in results.items()))
     return {"base": base, "results": results, "home": base / "sm-02" / "home", "livy_logs": livy.log_dir}
@@ -297,6 +292,7 @@ def test_02_on_pysparkkernel_writes_what_01_writes(runs):
     m1, m2 = (json.loads((r / "manifest.json").read_text()) for r in (run1, run2))
     assert m1["counts"]["total"] == m1["counts"]["ok"] == SAMPLE_IMAGES
     assert m2["counts"] == m1["counts"]
+    assert m1["parameters"]["variance"] == m2["parameters"]["variance"] == VARIANCE  # 01's default, 02's given
     assert m2["pca"]["k"] == m1["pca"]["k"]
     # ratios (they sum to 1): rtol 1e-9; atol for the ~1e-17 round-off beyond the rank (80 images, 1280 features)
     np.testing.assert_allclose(m2["pca"]["explained_variance"], m1["pca"]["explained_variance"], rtol=1e-9,
@@ -320,6 +316,7 @@ def test_02_saves_figures_and_shows_them_with_matplot(runs):
     nb = _run_ok(runs, "02")
     figures = runs["base"] / "run02" / "figures"
     assert sorted(p.name for p in figures.glob("*.png")) == FIGURES
+    assert sorted(p.name for p in (runs["base"] / "run01" / "figures").glob("*.png")) == FIGURES, "what 01 saves"
     for name in FIGURES:
         _assert_png(figures / name)
     # notebook 03's analysis, run on the cluster's session at the end of 02, written next to the run

@@ -1,8 +1,8 @@
 """The notebooks: committed clean and thin, parameters papermill can read, and they run headless.
 
-The slow tests execute 01 and 03 with papermill on data_sample/ (offline weights, local[2]) and run 02's
-code cells in a local Python kernel with a local session standing in for Livy's ``spark``. The real
-sparkmagic + Livy run of 02 is in tests/test_livy.py.
+The slow tests execute 01 and 03 with papermill on data_sample/ (offline weights, local[2]). 02 runs for real
+(sparkmagic's kernel against a Livy test server) in tests/test_livy.py, where its outputs are compared with 01's
+(the same 01 run as here: ``notebook01_run`` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -269,13 +269,11 @@ def _assert_png(path: Path, min_size=(400, 250), max_size=(4000, 3000)):
 
 
 @pytest.fixture(scope="module")
-def run01(kernel_name, tmp_path_factory):
-    base = tmp_path_factory.mktemp("nb01")
-    run = base / "run"
-    # relative input path + a foreign cwd: paths are taken from the project root, not the kernel's cwd
-    nb = _execute(NB01, base / "01.ipynb", {"input": "data_sample", "output": str(run),
-                                             "weights": "offline", "master": "local[2]"}, kernel_name, base)
-    return nb, run
+def run01(notebook01_run):
+    """01 with papermill on data_sample/ (a relative input, a foreign cwd; tests/conftest.py, shared with
+    tests/test_livy.py)."""
+    nb, run = notebook01_run
+    return _read(nb), run
 
 
 @pytest.mark.slow
@@ -325,52 +323,3 @@ def test_03_analyses_the_features_of_01(run01, kernel_name, tmp_path):
     out = _stdout(nb)
     assert f"PCA of {SAMPLE_IMAGES} images" in out and f"{SAMPLE_CLASSES} classes" in out
     assert f"95 % of the variance: k = {k95}" in out
-
-
-def _standin_02(tmp: Path) -> Path:
-    """02 for a local Python kernel: sparkmagic-only magics dropped, a local session as Livy's ``spark``."""
-    nb = _read(NB02)
-    cells = []
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            src = _code(cell)
-            if src.startswith(("%%configure", "%%info")):
-                continue
-            src = "\n".join(ln for ln in src.splitlines() if ln.strip() != "%matplot plt").strip()
-            if not src:
-                continue
-            cell.source = src
-        cells.append(cell)
-    livy = nbformat.v4.new_code_cell(
-        'from p8utils.spark import get_spark\n'
-        'spark = get_spark("local[2]", conf={"spark.ui.showConsoleProgress": "false"})  # Livy binds `spark`')
-    nb.cells = [livy, *cells]
-    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    out = tmp / "02_standin.ipynb"
-    nbformat.write(nb, str(out))
-    return out
-
-
-@pytest.mark.slow
-def test_02_code_cells_give_the_same_outputs_as_01(run01, kernel_name, tmp_path):
-    import pyarrow.parquet as pq
-
-    _, run1 = run01
-    run2 = tmp_path / "run02"
-    nb = _execute(_standin_02(tmp_path), tmp_path / "02.ipynb",
-                  {"input": str(ROOT / "data_sample"), "output": str(run2), "weights": "offline"},
-                  kernel_name, tmp_path)
-    _assert_no_error(nb)
-    m1, m2 = (json.loads((r / "manifest.json").read_text()) for r in (run1, run2))
-    assert m2["counts"] == m1["counts"]
-    assert m2["pca"]["k"] == m1["pca"]["k"]
-    np.testing.assert_allclose(m2["pca"]["explained_variance"], m1["pca"]["explained_variance"], rtol=1e-5, atol=1e-9)
-    f1, f2 = (pq.read_table(r / "features").to_pandas().sort_values("path").reset_index(drop=True)
-              for r in (run1, run2))
-    assert f1["path"].tolist() == f2["path"].tolist() and f1["label"].tolist() == f2["label"].tolist()
-    np.testing.assert_allclose(np.stack(f2["features"]), np.stack(f1["features"]), rtol=1e-5, atol=1e-6)
-    assert sorted(p.name for p in (run2 / "figures").glob("*.png")) == \
-        sorted(p.name for p in (run1 / "figures").glob("*.png"))
-    for png in (run2 / "figures").glob("*.png"):
-        _assert_png(png)
-    assert f"{SAMPLE_IMAGES} total, {SAMPLE_IMAGES} ok, 0 failed" in _stdout(nb)

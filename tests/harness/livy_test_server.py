@@ -1379,6 +1379,10 @@ class LivyTestServer:
         If set, each session's full log is also written to ``<log_dir>/session-<id>.log``.
     stop_grace : float, optional
         Seconds a worker gets to stop Spark cleanly on delete/stop before it is killed.
+    heartbeat_cap : float, optional
+        Test only: a session's heartbeat expires after ``min(heartbeatTimeoutInSecond, heartbeat_cap)`` seconds
+        without a request (a session that asked for none never expires, as in Livy). The session keeps
+        the value it asked for (``heartbeat_timeout``). Default: no cap.
 
     Attributes
     ----------
@@ -1398,8 +1402,10 @@ class LivyTestServer:
         cwd: Optional[str] = None,
         log_dir: Optional[str] = None,
         stop_grace: float = 10.0,
+        heartbeat_cap: Optional[float] = None,
     ) -> None:
         self.python = python or sys.executable
+        self.heartbeat_cap = heartbeat_cap
         self.master = master
         self.default_conf: Dict[str, str] = dict(DEFAULT_CONF)
         self.default_conf.update({k: str(v) for k, v in (default_conf or {}).items()})
@@ -1593,6 +1599,8 @@ class LivyTestServer:
             now = time.monotonic()
             for session in self.sessions():
                 timeout = session.heartbeat_timeout
+                if timeout > 0 and self.heartbeat_cap is not None:
+                    timeout = min(timeout, self.heartbeat_cap)
                 if timeout > 0 and now - session.last_activity > timeout:
                     session._append_log(f"heartbeat expired ({timeout} s without a request): deleting the session")
                     try:
@@ -1827,6 +1835,7 @@ def start(
     cwd: Optional[str] = None,
     log_dir: Optional[str] = None,
     stop_grace: float = 10.0,
+    heartbeat_cap: Optional[float] = None,
 ) -> LivyTestServer:
     """Start a test Livy server in background threads of this process.
 
@@ -1852,6 +1861,8 @@ def start(
         Folder for full per-session logs.
     stop_grace : float, optional
         Seconds a worker gets to stop cleanly before being killed.
+    heartbeat_cap : float, optional
+        Test only: expire heartbeats after at most this many seconds (see :class:`LivyTestServer`).
 
     Returns
     -------
@@ -1868,6 +1879,7 @@ def start(
         cwd=cwd,
         log_dir=log_dir,
         stop_grace=stop_grace,
+        heartbeat_cap=heartbeat_cap,
     )
     return server.serve_in_background()
 
