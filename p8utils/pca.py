@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,7 @@ __all__ = [
     "PCA_METHODS",
     "PCAResult",
     "VARIANCE_TOLERANCE",
+    "arrow_moments",
     "check_pca_params",
     "choose_k",
     "class_centroids",
@@ -514,18 +515,59 @@ _BLOCK_VALUES = 4_000_000
 
 
 def _partition_moments(batches):  # noqa: ANN001, ANN202 - Iterator[pyarrow.RecordBatch] -> same
-    """Moments of one partition's rows (runs in a Python worker): one Arrow row, or none for an empty partition.
-
-    Rows are gathered from the Arrow batches into float64 blocks of about
-    :data:`_BLOCK_VALUES` values; the scatter is accumulated around the first
-    block's mean (a shift close to the mean, so nothing is lost to
-    cancellation) with one ``XᵀX`` per block, then recentred on the
-    partition's mean.
-    """
+    """Moments of one partition's rows (runs in a Python worker): one Arrow row, or none for an empty partition."""
     import pyarrow as pa
 
     skip_unchanged_zip_rescans()
-    state = {"n": 0, "shift": None, "total": None, "gram": None}
+    m = _list_moments(batch.column(0) for batch in batches)
+    if m.n:
+        yield pa.RecordBatch.from_pydict({"n": [m.n], "d": [m.width], "mean": [m.mean.tobytes()],
+                                          "scatter": [m.scatter.tobytes()]})
+
+
+def arrow_moments(column: Any) -> Moments:
+    """Compute the moments of the non-null rows of an Arrow list column, on the driver (no Spark job).
+
+    The same arithmetic as :func:`moments`' tasks: for tables small enough to
+    read whole (``pyarrow.parquet`` of a run's part files).
+
+    Parameters
+    ----------
+    column : pyarrow.Array or pyarrow.ChunkedArray
+        ``list<float|double>`` of constant width d; null rows are ignored.
+
+    Returns
+    -------
+    Moments
+        :meth:`Moments.empty` when no row has features.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> m = arrow_moments(pa.array([[1.0, 2.0], None, [3.0, 6.0]]))
+    >>> m.n, m.mean.tolist(), m.scatter.tolist()
+    (2, [2.0, 4.0], [[2.0, 4.0], [4.0, 8.0]])
+    """
+    import pyarrow.compute as pc
+
+    chunks = column.chunks if hasattr(column, "chunks") else [column]
+    return _list_moments(pc.drop_null(chunk) for chunk in chunks)
+
+
+def _list_moments(columns: Iterable[Any]) -> Moments:
+    """Moments of the rows of Arrow list arrays (no nulls), gathered into float64 blocks.
+
+    Rows are gathered into blocks of about :data:`_BLOCK_VALUES` values; the
+    scatter is accumulated around the first block's mean (a shift close to the
+    mean, so nothing is lost to cancellation) with one ``XᵀX`` per block
+    (level-3 BLAS), then recentred on the rows' mean.
+
+    Raises
+    ------
+    ValueError
+        Rows of different widths.
+    """
+    state: Dict[str, Any] = {"n": 0, "shift": None, "total": None, "gram": None}
     block, filled = None, 0
 
     def flush(x: np.ndarray) -> None:
@@ -538,8 +580,7 @@ def _partition_moments(batches):  # noqa: ANN001, ANN202 - Iterator[pyarrow.Reco
         state["gram"] += x.T @ x
         state["n"] += x.shape[0]
 
-    for batch in batches:
-        column = batch.column(0)
+    for column in columns:
         if len(column) == 0:
             continue
         offsets = np.asarray(column.offsets)
@@ -564,11 +605,9 @@ def _partition_moments(batches):  # noqa: ANN001, ANN202 - Iterator[pyarrow.Reco
         flush(block[:filled])
     n = state["n"]
     if n == 0:
-        return
+        return Moments.empty()
     centre = state["total"] / n
-    scatter = state["gram"] - np.outer(state["total"], centre)
-    yield pa.RecordBatch.from_pydict({"n": [n], "d": [int(centre.shape[0])],
-                                      "mean": [(state["shift"] + centre).tobytes()], "scatter": [scatter.tobytes()]})
+    return Moments(n, state["shift"] + centre, state["gram"] - np.outer(state["total"], centre))
 
 
 def _decode_moments(row) -> Moments:  # noqa: ANN001 - a pyspark Row

@@ -47,7 +47,7 @@ from p8utils.config import MODEL_PARAMETERS, FeatureIdentity, RunConfig
 from p8utils.errors import DamagedRunFileError, ParameterError
 from p8utils.featurize import featurize
 from p8utils.models import WeightsBundle, load_weights
-from p8utils.pca import Moments, PCAResult, fit_moments, fit_pca, transform
+from p8utils.pca import Moments, PCAResult, arrow_moments, fit_moments, fit_pca, transform
 from p8utils.runs import INCREMENTAL_KEY, IncrementalPlan, PartTally, RunOutcome, plan_incremental
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 #: Columns of ``<output>/features``. ``length`` and ``modificationTime`` are
 #: the file's, kept as the incremental-mode key with ``path``.
 FEATURE_COLUMNS: Tuple[str, ...] = ("path", "label", "features", "error", "length", "modificationTime")
+
+#: A full PCA fit of at most this many rows reads them on the driver (``pyarrow``; at d = 1280 about 100 MB
+#: as float32) and adds their moments there: no Spark job. Above, Spark's tasks add them (:func:`fit_pca`).
+DRIVER_FIT_ROWS = 20_000
 
 Progress = Callable[[str, "SparkSession"], ContextManager[Any]]
 
@@ -393,6 +397,9 @@ def _fit(config: RunConfig, active: runs.ActiveRun, staged: DataFrame, counts: r
             return fit_moments(update, k=config.k, variance=config.variance), plan
         log.info("refitting the PCA on every row: %s", why)
         plan = plan.refit("rows", why)
+    small = active.staged_arrow(["features"]) if counts.ok <= DRIVER_FIT_ROWS else None
+    if small is not None:  # read whole on the driver: no Spark job (the same moments as fit_pca's tasks)
+        return fit_moments(arrow_moments(small.column("features")), k=config.k, variance=config.variance), plan
     return fit_pca(staged, k=config.k, variance=config.variance), plan
 
 

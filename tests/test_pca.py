@@ -159,6 +159,28 @@ def test_moments_add_and_subtract_to_the_moments_of_the_rows(spark):
     assert back.n == whole.n and np.array_equal(back.scatter, whole.scatter) and np.array_equal(back.mean, whole.mean)
 
 
+def test_arrow_moments_on_the_driver_equal_sparks(spark, tmp_path, monkeypatch):
+    """The driver's moments (pyarrow, small runs) are Spark's tasks' moments of the same parquet rows, nulls left
+    out, across blocks and chunks; rows of different widths are refused the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from p8utils import pca as pca_mod
+    from p8utils.pca import arrow_moments
+
+    monkeypatch.setattr(pca_mod, "_BLOCK_VALUES", 35 * 40)  # several blocks per chunk, a partial last one
+    x = _matrix(n=250, d=40)
+    _df(spark, x).repartition(3).write.parquet(str(tmp_path / "t"))
+    table = pq.read_table(str(tmp_path / "t"), columns=["features"])
+    driver, tasks = arrow_moments(table.column("features")), moments(spark.read.parquet(str(tmp_path / "t")))
+    assert driver.n == tasks.n == 250 and table.column("features").num_chunks >= 2
+    np.testing.assert_allclose(driver.mean, tasks.mean, rtol=1e-12)
+    np.testing.assert_allclose(driver.scatter, tasks.scatter, rtol=1e-9, atol=1e-12 * np.abs(tasks.scatter).max())
+    assert arrow_moments(pa.array([None], pa.list_(pa.float32()))).n == 0
+    with pytest.raises(ValueError, match="different widths"):
+        arrow_moments(pa.array([[1.0, 2.0], [1.0, 2.0, 3.0]]))
+
+
 def test_fit_from_updated_moments_equals_a_refit_and_sklearn(spark):
     """The incremental refit: a fit from combined moments is the fit of all the rows."""
     x = _matrix(n=80, d=24, seed=3)

@@ -241,3 +241,33 @@ def test_s3_run_costs_one_get_per_photo_and_a_fixed_number_besides(s3_spark, s3,
     grown = sum(costs[80].values()) - sum(costs[40].values())
     assert grown <= 40 * 2, (grown, costs)
     assert sum(costs[80].values()) <= 2 * 80 + 400, costs  # measured 2026-12-02: 443 (125 GET, 152 HEAD, 103 LIST)
+
+
+def test_small_runs_check_and_fit_on_the_driver_large_ones_with_spark(spark, tmp_path, monkeypatch, sample_dir):
+    """A run under the driver limits checks its rows and fits its PCA without a Spark job; over them, with Spark's
+    jobs; the manifests agree (counts, files, explained variance)."""
+    from p8utils.protocol import commit as commit_mod
+    from p8utils.protocol import rowcheck
+
+    called = {"spark_check": 0, "spark_fit": 0}
+    spark_check, spark_fit = rowcheck.check_rows, pipeline.fit_pca
+
+    def counting_check(*a, **k):
+        called["spark_check"] += 1
+        return spark_check(*a, **k)
+
+    def counting_fit(*a, **k):
+        called["spark_fit"] += 1
+        return spark_fit(*a, **k)
+
+    monkeypatch.setattr(commit_mod, "check_rows", counting_check)
+    monkeypatch.setattr(pipeline, "fit_pca", counting_fit)
+    small = pipeline.run(str(sample_dir), str(tmp_path / "small"), weights="offline", k=5, spark=spark)
+    assert called == {"spark_check": 0, "spark_fit": 0}
+    monkeypatch.setattr(commit_mod, "DRIVER_CHECK_ROWS", 0)
+    monkeypatch.setattr(pipeline, "DRIVER_FIT_ROWS", 0)
+    large = pipeline.run(str(sample_dir), str(tmp_path / "large"), weights="offline", k=5, spark=spark)
+    assert called == {"spark_check": 1, "spark_fit": 1}
+    assert small.manifest["counts"] == large.manifest["counts"]
+    np.testing.assert_allclose(small.pca.explained_variance, large.pca.explained_variance, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(small.pca.mean, large.pca.mean, rtol=1e-6, atol=1e-7)

@@ -285,6 +285,50 @@ def test_row_check_counts_are_the_manifest_counts(spark, tmp_path):
     assert list(got.files.values()) == [4] and next(iter(got.files)).startswith("part-")
 
 
+@pytest.mark.parametrize("listed,staged", [
+    (["a", "b", "c", "d"], [("a", None), ("b", "empty"), ("c", None), ("d", "missing")]),
+    (["a", "b", "c"], [("a", None), ("b", "empty")]),
+    (["a", "b", "c"], [("a", None), ("b", None), ("c", None), ("c", None)]),
+    (["a", "b", "c"], [("a", None), ("b", None), ("c", None), ("x", None)]),
+    (["a", "b"], [("a", None), ("b", None), ("b", None), ("y", "empty")]),
+])
+def test_row_check_on_the_driver_equals_sparks(spark, tmp_path, listed, staged):
+    """Small runs check on the driver (pyarrow, no Spark job): the same counts, files and refusals as Spark's."""
+    import pyarrow.parquet as pq
+
+    from p8utils.protocol.folders import read_parquet_arrow
+    from p8utils.protocol.rowcheck import check_rows, check_rows_arrow
+
+    listing, table = _frames(spark, listed, staged, tmp_path / "staged")
+    files = sorted(str(f) for f in (tmp_path / "staged").glob("part-*.parquet"))
+    arrow = read_parquet_arrow(files, ["path", "error"])
+    assert arrow.column_names == ["path", "error", "file"] and arrow.num_rows == len(staged)
+    listed_col = pq.read_table(_write_listing(tmp_path, listed)).column("path")
+    outcomes = []
+    for check in (lambda: check_rows(table, listing, len(listed), "ROOT"),
+                  lambda: check_rows_arrow(arrow, listed_col, len(listed), "ROOT")):
+        try:
+            outcomes.append(check())
+        except RunCheckError as exc:
+            outcomes.append(str(exc))
+    spark_got, driver_got = outcomes
+    if isinstance(spark_got, str):  # the same numbers; the examples named may differ in order (Spark's is any)
+        assert isinstance(driver_got, str) and driver_got.split("e.g.")[0] == spark_got.split("e.g.")[0]
+        for example in driver_got.split("e.g. ")[1].split(")")[0].split("; "):
+            assert example in spark_got
+    else:
+        assert driver_got == spark_got and sum(driver_got.files.values()) == len(staged)
+
+
+def _write_listing(folder, listed):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = str(folder / "listing.parquet")
+    pq.write_table(pa.table({"path": pa.array(listed, pa.string())}), path)
+    return path
+
+
 # --------------------------------------------------------------------------- commit: the manifest names the files
 
 

@@ -17,10 +17,27 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, 
 
 from p8utils import storage
 from p8utils.errors import DamagedRunFileError, OutputBusyError, OutputExistsError
-from p8utils.protocol.folders import MANIFEST, PROTOCOL, TABLES, Committed, RunLayout, committed, layout, read_parts
+from p8utils.protocol.folders import (
+    MANIFEST,
+    PROTOCOL,
+    TABLES,
+    Committed,
+    RunLayout,
+    committed,
+    layout,
+    read_parquet_arrow,
+    read_parts,
+)
 from p8utils.protocol.incremental import IncrementalPlan
 from p8utils.protocol.lease import LeaseHolder, Refresher, lost_reason, new_run_id, take_lease, utc_now
-from p8utils.protocol.rowcheck import RowCheck, check_pca_rows, check_rows, rows_per_file
+from p8utils.protocol.rowcheck import (
+    DRIVER_CHECK_ROWS,
+    RowCheck,
+    check_pca_rows,
+    check_rows,
+    check_rows_arrow,
+    rows_per_file,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -173,9 +190,38 @@ class ActiveRun:
         if expected_rows is not None:
             check_pca_rows(self._rows["pca"], expected_rows, self.layout.root)
 
+    def staged_arrow(self, columns: List[str]) -> Optional[Any]:
+        """Read ``columns`` of the features the run will commit on the driver (``pyarrow``, no Spark job).
+
+        Returns
+        -------
+        pyarrow.Table or None
+            ``columns`` + ``file``; None when the run folder is on a store
+            other than a local disk or S3.
+        """
+        names = [*self._keep, *self._written["features"]]
+        return read_parquet_arrow([self.layout.file("features", n) for n in names], columns)
+
     def check_rows(self, staged: DataFrame, listing: DataFrame, n_listed: int) -> RowCheck:
-        """Run :func:`p8utils.protocol.rowcheck.check_rows` on ``staged``; its part files' rows are what commits."""
-        counts = check_rows(staged, listing, n_listed, self.layout.root)
+        """Check ``staged`` against the listing; its part files' rows are what commits.
+
+        Up to :data:`~p8utils.protocol.rowcheck.DRIVER_CHECK_ROWS` listed
+        files, the staged part files' ``path``/``error`` and the listing are
+        read on the driver (:func:`~p8utils.protocol.rowcheck.check_rows_arrow`:
+        no Spark job); above, or on another store, Spark checks them
+        (:func:`~p8utils.protocol.rowcheck.check_rows`).
+        """
+        small = None
+        if n_listed <= DRIVER_CHECK_ROWS:
+            folder = self.listing_path
+            listed = read_parquet_arrow(
+                [storage.join(folder, n) for n in self.layout.store.list_dir(folder)
+                 if n.endswith(".parquet") and not n.startswith(("_", "."))], ["path"])
+            small = None if listed is None else (self.staged_arrow(["path", "error"]), listed.column("path"))
+        if small is not None and small[0] is not None:
+            counts = check_rows_arrow(small[0], small[1], n_listed, self.layout.root)
+        else:
+            counts = check_rows(staged, listing, n_listed, self.layout.root)
         self._rows["features"] = dict(counts.files)
         return counts
 

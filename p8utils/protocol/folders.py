@@ -307,6 +307,41 @@ def read_parts(lay: RunLayout, table: str, names: List[str], spark: SparkSession
     return spark.read.parquet(*[storage.spark_path(lay.file(table, n)) for n in names])
 
 
+def read_parquet_arrow(uris: List[str], columns: List[str]) -> Optional[Any]:
+    """Read parquet files on the driver, without Spark: local files, or S3 objects with one GET each.
+
+    For tables small enough to hold on the driver (the row check and the PCA
+    fit of small runs: no Spark job, no JVM round trip).
+
+    Parameters
+    ----------
+    uris : list of str
+        Parquet files (local paths or ``s3://``/``s3a://`` URIs).
+    columns : list of str
+        Columns to read; a ``file`` column (str, the file's name) is added.
+
+    Returns
+    -------
+    pyarrow.Table or None
+        ``columns`` + ``file``, one row per parquet row, in file order; None
+        when a file is on another store (``hdfs://``: read it with Spark).
+    """
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not all(storage.is_local(u) or storage.is_s3(u) for u in uris):
+        return None
+    parts = []
+    for uri in uris:
+        source = str(storage.local_path(uri)) if storage.is_local(uri) else io.BytesIO(storage.read_bytes(uri))
+        part = pq.read_table(source, columns=columns)
+        parts.append(part.append_column("file", pa.array([uri.rstrip("/").rsplit("/", 1)[-1]] * part.num_rows,
+                                                         pa.string())))
+    return pa.concat_tables(parts) if parts else None
+
+
 def _read_table(run: Union[str, RunLayout], table: str, spark: SparkSession) -> DataFrame:
     lay = layout(run, spark) if isinstance(run, RunLayout) else find_run(str(run), spark)
     files = committed(lay)
