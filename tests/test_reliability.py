@@ -482,15 +482,26 @@ def test_two_runs_into_one_output_the_second_is_refused(spark, request, target, 
                 proc.wait(30)
         assert proc.returncode == 0, stderr[-3000:]
     else:
+        from contextlib import contextmanager
+
         box: dict = {}
+        second_done = threading.Event()
+
+        @contextmanager
+        def hold_at_check(stage, _spark):  # the notebook run keeps its lease until the second run has ended
+            if stage == "check":
+                second_done.wait(300)
+            yield
+
         thread = threading.Thread(target=lambda: box.update(result=pipeline.run(
-            inp, out, weights="offline", k=3, images_per_partition=27, spark=spark)))
+            inp, out, weights="offline", k=3, images_per_partition=27, spark=spark, progress=hold_at_check)))
         thread.start()
         try:
             _wait_for(lambda: _staging(out), 240, "the notebook run to start staging")
             second = subprocess.run([sys.executable, "-m", "p8utils", "run", *args, "--mode", "overwrite"],
                                     capture_output=True, text=True, timeout=120, cwd=ROOT, env=target.env())
         finally:
+            second_done.set()
             thread.join(600)
         assert second.returncode == 3, second.stderr[-2000:]
         assert "is in use by run" in second.stderr and f"pid {os.getpid()}" in second.stderr

@@ -337,8 +337,9 @@ def read_parquet_arrow(uris: List[str], columns: List[str]) -> Optional[Any]:
     for uri in uris:
         source = str(storage.local_path(uri)) if storage.is_local(uri) else io.BytesIO(storage.read_bytes(uri))
         part = pq.read_table(source, columns=columns)
-        parts.append(part.append_column("file", pa.array([uri.rstrip("/").rsplit("/", 1)[-1]] * part.num_rows,
-                                                         pa.string())))
+        part = part.append_column("file", pa.array([uri.rstrip("/").rsplit("/", 1)[-1]] * part.num_rows, pa.string()))
+        # Spark marks a column "not null" in the files where no row could be null (e.g. error rows of unread files)
+        parts.append(part.cast(pa.schema([f.with_nullable(True) for f in part.schema])))
     return pa.concat_tables(parts) if parts else None
 
 
