@@ -55,7 +55,8 @@ from p8utils.config import RunConfig
 from p8utils.featurize import DEFAULT_BATCH_SIZE, FEATURES_TYPE
 from p8utils.images import decode_image
 
-__all__ = ["calibration_images", "cosine_stats", "main", "pca_fit_times", "pipeline_throughput", "prepare_input",
+__all__ = ["calibration_images", "cosine_stats", "engine_decode_limit", "main", "pca_fit_times", "pipeline_throughput",
+           "prepare_input",
            "probe_scores", "raw_throughput", "seeds_throughput", "synthetic_features"]
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -448,6 +449,14 @@ def _table(result: Dict[str, Any]) -> str:
         lines.append(f"  sizes other than 224 use other weights ({result['weights']}: "
                      + ("BatchNorm recalibrated at that size" if result["weights"] == "offline" else
                         "Keras' file for that size") + "), so their cosine to 224 measures more than resolution")
+    for name, r in result.get("ratios", {}).items():
+        if "pipeline_over_limit" in r:
+            lines.append(f"  {name}: engine+decode limit {r['engine_decode_limit_img_per_s']:.1f} img/s "
+                         f"({result['cores']} cores / (engine + decode) per image), pipeline / limit "
+                         f"{r['pipeline_over_limit']:.2f}")
+    if result["weights"] == "offline":
+        lines.append("  probe on offline weights: it cannot judge input sizes or engines (ImageNet weights keep 100 % "
+                     "at 96-224 px on Fruits-360, README > Performance); run with --weights imagenet to judge them")
     if seeds:
         lines.append(f"{'seeds method (keras:224, rebuild/task, predict, repartition)':62} {seeds:8.1f} img/s")
     lines.append(f"Spark read+Arrow+parquet with a no-op UDF: {result['spark_io_noop']['img_per_s']:.0f} img/s")
@@ -658,6 +667,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def engine_decode_limit(result: Dict[str, Any], config: Dict[str, Any]) -> float:
+    """Return what the cores can do if only the engine and the decode ran, img/s: cores / (engine + decode s).
+
+    The engine's seconds per image on one core come from its ``cores`` × 1
+    thread measure (``raw.per_core``: ``cores / per_core``); the decode's
+    (decode + resize + preprocess) from the one-core profile at its size.
+    """
+    cores = result["cores"]
+    p = result["profile_ms_per_image_one_core"][str(config["size"])]
+    return cores / (cores / config["raw"]["per_core"] + (p["decode_resize_ms"] + p["preprocess_ms"]) / 1000)
+
+
 def _ratios(result: Dict[str, Any]) -> Dict[str, Any]:
     """Compute the ratios the issue asks about, by configuration: pipeline / raw, / fp32-224, / seeds."""
     configs = result["configs"]
@@ -665,11 +686,12 @@ def _ratios(result: Dict[str, Any]) -> Dict[str, Any]:
     seeds = result.get("seeds", {}).get("img_per_s")
     out: Dict[str, Any] = {}
     for name, c in configs.items():
-        pipe = c["pipeline"]["img_per_s"]
+        pipe, limit = c["pipeline"]["img_per_s"], engine_decode_limit(result, c)
         out[name] = {"pipeline_over_raw": pipe / c["raw"]["best"], "pipeline_over_fp32_224": pipe / ref,
                      "pipeline_over_seeds": pipe / seeds if seeds else None,
                      "probe_points_vs_fp32_224": 100 * (c["probe"]["mean_accuracy"]
-                                                        - configs[result["reference"]]["probe"]["mean_accuracy"])}
+                                                        - configs[result["reference"]]["probe"]["mean_accuracy"]),
+                     "engine_decode_limit_img_per_s": limit, "pipeline_over_limit": pipe / limit}
     fastest = result.get("fastest_within_probe")
     out["fastest_within_probe"] = {"config": fastest, "over_seeds": out[fastest]["pipeline_over_seeds"]
                                    if fastest else None}

@@ -108,7 +108,13 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
     for name, c in configs.items():
         pipe = c["pipeline"]["img_per_s"]
         assert set(ratios[name]) == {"pipeline_over_raw", "pipeline_over_fp32_224", "pipeline_over_seeds",
-                                     "probe_points_vs_fp32_224"}
+                                     "probe_points_vs_fp32_224", "engine_decode_limit_img_per_s",
+                                     "pipeline_over_limit"}
+        prof = result["profile_ms_per_image_one_core"][str(c["size"])]
+        limit = result["cores"] / (result["cores"] / c["raw"]["per_core"]
+                                   + (prof["decode_resize_ms"] + prof["preprocess_ms"]) / 1000)
+        assert limit < c["raw"]["per_core"] and _close(ratios[name]["engine_decode_limit_img_per_s"], limit)
+        assert _close(ratios[name]["pipeline_over_limit"], pipe / limit)
         assert _close(ratios[name]["pipeline_over_raw"], pipe / c["raw"]["best"])
         assert _close(ratios[name]["pipeline_over_fp32_224"], pipe / ref["pipeline"]["img_per_s"])
         assert _close(ratios[name]["pipeline_over_seeds"], pipe / seeds["img_per_s"])
@@ -177,6 +183,12 @@ def test_bench_table_prints_the_json(bench_run):
     int8 = configs["tflite-int8:96"]["cosine_vs_fp32_same_size"]
     assert (f"  tflite-int8:96: cosine to fp32 at the same size {int8['median']:.4f} / {int8['p1']:.4f} / "
             f"{int8['min']:.4f} (median / 1st pct / min)") in stdout
+    for name in configs:
+        r = result["ratios"][name]
+        assert (f"  {name}: engine+decode limit {r['engine_decode_limit_img_per_s']:.1f} img/s ({result['cores']} "
+                f"cores / (engine + decode) per image), pipeline / limit {r['pipeline_over_limit']:.2f}"
+                ) in stdout.splitlines(), name
+    assert result["weights"] == "offline" and "probe on offline weights: it cannot judge input sizes" in stdout
     assert _line_starting(stdout, "seeds method").split()[-2:] == [f"{seeds:.1f}", "img/s"]
     for label, p in result["pca"].items():
         line = (f"PCA fit {label} ({p['rows']} x 1280): covariance {p['covariance']['median_s']:.2f} s, spark_ml "
