@@ -36,6 +36,14 @@ S3A_JARS = tuple(ROOT / ".venv" / "s3a-jars" / name
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: Every JVM of the test session (the shared session, CLI runs, notebooks, Livy sessions, spark-submit, the
+#: standalone cluster) compiles with C1 only: they live seconds to minutes, where C2's compile threads cost more
+#: CPU than they save. A CLI run on data_sample/ took 23.2-24.6 s wall with it, 27.6-29.3 s without (alternated).
+#: The product leaves the JIT alone (a long local run keeps C2). The JVM notes the variable on stderr, which
+#: the CLI sends to the run's log. An already set JAVA_TOOL_OPTIONS is kept.
+JVM_TEST_OPTIONS = "-XX:TieredStopAtLevel=1"
+os.environ.setdefault("JAVA_TOOL_OPTIONS", JVM_TEST_OPTIONS)
+
 #: marker -> fixtures: a test using one of them, directly or through another fixture, gets the marker.
 _MARK_BY_FIXTURE = {
     "jvm": ("spark", "s3_spark"),
