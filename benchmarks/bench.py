@@ -56,8 +56,7 @@ from p8utils.featurize import DEFAULT_BATCH_SIZE, FEATURES_TYPE
 from p8utils.images import decode_image
 
 __all__ = ["calibration_images", "cosine_stats", "engine_decode_limit", "main", "pca_fit_times", "pipeline_throughput",
-           "prepare_input",
-           "probe_scores", "raw_throughput", "seeds_throughput", "synthetic_features"]
+           "prepare_input", "probe_scores", "raw_throughput", "seeds_throughput", "synthetic_features"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 _REPO_SAMPLE = _ROOT / "data_sample"
