@@ -52,7 +52,8 @@ def test_cli_run_end_to_end(tmp_path, sample_dir):
 
 def test_cli_run_and_project_end_to_end_on_s3(s3, sample_dir):
     """``--input s3://… --output s3://…`` as a user runs it: Spark's connector and endpoint through
-    PYSPARK_SUBMIT_ARGS (the jars, ``spark.hadoop.fs.s3a.*``), boto3's through AWS_ENDPOINT_URL_S3."""
+    SPARK_DIST_CLASSPATH (the jars) and PYSPARK_SUBMIT_ARGS (``spark.hadoop.fs.s3a.*``), boto3's through
+    AWS_ENDPOINT_URL_S3."""
     from p8utils import runs, storage
 
     files = image_files(sample_dir)

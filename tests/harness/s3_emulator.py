@@ -101,15 +101,15 @@ class S3Emulator:
     def subprocess_env(self, jars: Iterable[Path], base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         """Environment for a subprocess that runs Spark (``python -m p8utils run ...``) against the emulator.
 
-        boto3's variables plus ``PYSPARK_SUBMIT_ARGS``: the S3A ``jars`` on the driver's class path and
-        :meth:`hadoop_conf` as ``spark.hadoop.*`` settings, so its new session's Spark reads and writes
-        ``s3://`` here too.
+        boto3's variables, the S3A ``jars`` appended to the driver's class path (``SPARK_DIST_CLASSPATH``, as
+        for every test JVM: tests/conftest.py) and ``PYSPARK_SUBMIT_ARGS`` with :meth:`hadoop_conf` as
+        ``spark.hadoop.*`` settings, so its new session's Spark reads and writes ``s3://`` here too.
         """
         env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("AWS_")}
         env.update(self.env())
         confs = " ".join(f"--conf spark.hadoop.{k}={v}" for k, v in self.hadoop_conf().items())
-        classpath = os.pathsep.join(str(j) for j in jars)
-        env["PYSPARK_SUBMIT_ARGS"] = f"--driver-class-path {classpath} {confs} pyspark-shell"
+        env["SPARK_DIST_CLASSPATH"] = os.pathsep.join(str(j) for j in jars)
+        env["PYSPARK_SUBMIT_ARGS"] = f"{confs} pyspark-shell"
         return env
 
     def bucket(self, prefix: str = "t") -> str:
