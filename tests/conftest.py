@@ -273,13 +273,10 @@ def _class_archive(cache: Path) -> Path | None:
 
 
 def _processes_naming(text: str) -> list[int]:
-    """The processes whose command line holds ``text``."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(int(entry.name))
-    return found
+    """The processes whose command line holds ``text`` (Linux: ``/proc``)."""
+    from .harness.spark_cluster import cmdline
+
+    return [int(entry.name) for entry in Path("/proc").glob("[0-9]*") if text in cmdline(int(entry.name))]
 
 
 @pytest.fixture(scope="session", autouse=True)
