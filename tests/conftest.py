@@ -279,11 +279,13 @@ def _processes_naming(text: str) -> list[int]:
     return [int(entry.name) for entry in Path("/proc").glob("[0-9]*") if text in cmdline(int(entry.name))]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _session_cache_filled(request: pytest.FixtureRequest) -> None:
-    """Before the first test (and any other fixture: session-scoped and autouse), if any test of this run needs a
-    model (marked ``jvm`` or ``heavy``; ``make test-fast`` selects none): fill the session cache."""
-    if any(item.get_closest_marker("jvm") or item.get_closest_marker("heavy") for item in request.session.items):
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the first test of this process that needs a model (marked ``jvm`` or ``heavy``), ahead of its fixtures
+    of any scope: fill the session cache (:func:`_warm_cache`; ``make test-fast`` selects no such test). Not before
+    the others: while one xdist worker fills the cache (~1 min on one core), the other runs the tests that need
+    none (e.g. test_bootstrap's first seventy) instead of waiting on the lock."""
+    if item.get_closest_marker("jvm") or item.get_closest_marker("heavy"):
         _warm_cache()
 
 
