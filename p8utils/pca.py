@@ -72,6 +72,7 @@ __all__ = [
     "k_for_variance",
     "moments",
     "nearest_classes",
+    "project_rows",
     "transform",
 ]
 
@@ -649,6 +650,32 @@ def transform(
 
     others = [c for c in df.columns if c != input_col]
     return df.select(*others, _project(F.col(input_col)).alias(output_col))
+
+
+def project_rows(result: PCAResult, x: np.ndarray) -> np.ndarray:
+    """Project rows held in memory on the kept components, centred: what :func:`transform` does in Spark.
+
+    Parameters
+    ----------
+    result : PCAResult
+    x : numpy.ndarray
+        Shape ``(n, d)``, float: the rows' features.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n, k)``, float64: ``(x - mean) @ components``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rows = np.array([[0.0, 0.0], [2.0, 2.0], [4.0, 4.0]])
+    >>> centred = rows - rows.mean(axis=0)
+    >>> fit = fit_moments(Moments(3, rows.mean(axis=0), centred.T @ centred), k=1)
+    >>> np.round(np.abs(project_rows(fit, rows)[:, 0]), 6).tolist()
+    [2.828427, 0.0, 2.828427]
+    """
+    return (np.asarray(x, dtype=np.float64) - result.mean) @ result.components
 
 
 def _project_series(features: pd.Series, mean: np.ndarray, components: np.ndarray) -> pd.Series:

@@ -34,6 +34,24 @@ def _clusters(n_classes=6, per_class=30, d=20, seed=0, spread=1.6):
     return rows
 
 
+@pytest.fixture(params=["driver", "spark"])
+def fit_on(request, monkeypatch):
+    """Where the probes of the test are fit: "driver" (scikit-learn, the default for small tables) or "spark"
+    (Spark ML, forced by DRIVER_PROBE_ROWS = 0); the other path raises if taken."""
+    from p8utils import probe
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the probe took the wrong path: expected {request.param}")
+
+    if request.param == "spark":
+        monkeypatch.setattr(probe, "DRIVER_PROBE_ROWS", 0)
+        monkeypatch.setattr(probe, "_probe_local", refuse)
+    else:
+        pytest.importorskip("sklearn")
+        monkeypatch.setattr(probe, "_probe", refuse)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def clusters(spark):
     return spark.createDataFrame(_clusters(), "path string, label string, features array<float>")
@@ -61,7 +79,7 @@ def test_split_is_stratified_and_deterministic(spark, clusters):
     assert len(capped) == 60 and (capped.groupby("label").size() == 10).all()
 
 
-def test_probe_equals_scikit_learn_on_the_same_split(clusters):
+def test_probe_equals_scikit_learn_on_the_same_split(clusters, fit_on):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -79,14 +97,14 @@ def test_probe_equals_scikit_learn_on_the_same_split(clusters):
     assert linear_probe(clusters, seed=0) == result  # deterministic
 
 
-def test_probe_reads_ml_vectors(clusters):
+def test_probe_reads_ml_vectors(clusters, fit_on):
     from pyspark.ml.functions import array_to_vector
 
     vectors = clusters.withColumn("features", array_to_vector("features"))
     assert linear_probe(vectors, seed=0) == linear_probe(clusters, seed=0)
 
 
-def test_probe_curve_over_k(clusters):
+def test_probe_curve_over_k(clusters, fit_on):
     from p8utils.pca import fit_pca
 
     fit = fit_pca(clusters, k=20)
@@ -101,12 +119,31 @@ def test_probe_curve_over_k(clusters):
     assert abs(curve.accuracy.iloc[2] - curve.accuracy.iloc[3]) <= 1 / 54 + 1e-12
 
 
+@pytest.mark.parametrize("n_classes", [2, 6])
+def test_driver_and_spark_fit_the_same_probe(spark, monkeypatch, n_classes):
+    """The driver's scikit-learn fit and Spark ML's give the same curve on the same split (two classes: scikit-learn's
+    binary model at twice C, the multinomial problem)."""
+    from p8utils import probe
+    from p8utils.pca import fit_pca
+
+    df = spark.createDataFrame(_clusters(n_classes=n_classes, per_class=40, spread=2.2),
+                               "path string, label string, features array<float>")
+    fit = fit_pca(df, k=20)
+    driver = probe_curve(df, fit, ks=(2, 5, 20))
+    monkeypatch.setattr(probe, "DRIVER_PROBE_ROWS", 0)
+    spark_ml = probe_curve(df, fit, ks=(2, 5, 20))
+    assert list(driver.k) == list(spark_ml.k) and (driver.n_test == spark_ml.n_test).all()
+    assert 0.4 < driver.accuracy.min() and driver.accuracy.max() < 1.0, driver  # neither trivial nor chance
+    one_row = 1 / driver.n_test.iloc[0]
+    assert (driver.accuracy - spark_ml.accuracy).abs().max() <= one_row + 1e-12, (driver, spark_ml)
+
+
 def _with_columns(rows, extra):
     """``rows`` of :func:`_clusters` with ``extra(features) -> list`` appended to each feature vector."""
     return [(p, lab, f + [float(v) for v in extra(np.asarray(f, dtype=np.float64))]) for p, lab, f in rows]
 
 
-def test_probe_ignores_columns_of_float_noise(spark):
+def test_probe_ignores_columns_of_float_noise(spark, fit_on):
     """Columns with a std of ~1e-10 of the others made Spark's L-BFGS give up at its start (chance accuracy)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -121,7 +158,7 @@ def test_probe_ignores_columns_of_float_noise(spark):
     assert sk_acc > 0.4 and abs(result.accuracy - sk_acc) <= 0.01, (result.accuracy, sk_acc)
 
 
-def test_probe_curve_past_the_rank_of_the_features(spark):
+def test_probe_curve_past_the_rank_of_the_features(spark, fit_on):
     """k beyond the rank (here 20 of 40 columns, like fewer images than dimensions) keeps the rank's accuracy."""
     from p8utils.pca import fit_pca
 
