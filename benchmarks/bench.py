@@ -364,7 +364,7 @@ def probe_scores(spark, features_path: str, seeds: Sequence[int], distinct_only:
     df = spark.read.parquet(features_path)
     if distinct_only:
         df = df.where(F.col("path").rlike("/000_[^/]*$"))
-    runs = [probe.linear_probe(df, seed=int(s), max_iter=max_iter) for s in seeds]
+    runs = [probe.linear_probe(df, probe.ProbeSettings(seed=int(s), max_iter=max_iter)) for s in seeds]
     return {"seeds": list(seeds), "max_iter": int(max_iter), "accuracy": [r.accuracy for r in runs],
             "macro_f1": [r.macro_f1 for r in runs],
             "mean_accuracy": float(np.mean([r.accuracy for r in runs])),

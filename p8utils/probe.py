@@ -85,6 +85,7 @@ __all__ = [
     "PLATEAU_TOLERANCE",
     "SPLIT_COL",
     "ProbeResult",
+    "ProbeSettings",
     "linear_probe",
     "plateau_k",
     "probe_curve",
@@ -155,10 +156,45 @@ def _check_split(test_fraction: float, max_rows: Optional[int]) -> None:
     check_int("max_rows", max_rows, 2, optional=True, example=20000)
 
 
-def _check_fit(reg_param: float, max_iter: int) -> None:
-    if isinstance(reg_param, bool) or not isinstance(reg_param, (int, float)) or not reg_param > 0:
-        raise ParameterError(f"reg_param={reg_param!r} must be a positive number. Fix: e.g. reg_param=1e-3.")
-    check_int("max_iter", max_iter, 1, example=DEFAULT_MAX_ITER)
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How a probe splits a table and fits it: the settings :func:`linear_probe` and :func:`probe_curve` share.
+
+    Attributes
+    ----------
+    label_col, id_col, test_fraction, seed, max_rows
+        The split, as in :func:`stratified_split`.
+    reg_param : float
+        L2 strength, > 0 (Spark's ``regParam``; scikit-learn ``C = 1 / (reg_param × n_train)``).
+    max_iter : int
+        Iterations of the optimiser, >= 1 (Spark ML's L-BFGS; on the driver, newton-cg's Newton steps).
+
+    Raises
+    ------
+    ParameterError
+        A value out of its range, when the settings are made.
+
+    Examples
+    --------
+    >>> settings = ProbeSettings(seed=1, max_rows=20000)
+    >>> settings.test_fraction, settings.reg_param, settings.max_iter
+    (0.3, 0.001, 200)
+    """
+
+    label_col: str = "label"
+    id_col: str = "path"
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    seed: int = 0
+    max_rows: Optional[int] = None
+    reg_param: float = DEFAULT_REG_PARAM
+    max_iter: int = DEFAULT_MAX_ITER
+
+    def __post_init__(self) -> None:
+        _check_split(self.test_fraction, self.max_rows)
+        reg = self.reg_param
+        if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
+            raise ParameterError(f"reg_param={reg!r} must be a positive number. Fix: e.g. reg_param=1e-3.")
+        check_int("max_iter", self.max_iter, 1, example=DEFAULT_MAX_ITER)
 
 
 def stratified_split(
@@ -205,7 +241,8 @@ def stratified_split(
     missing = [c for c in (label_col, id_col) if c not in df.columns]
     if missing:
         raise ParameterError(f"columns {missing} are missing from the DataFrame {df.columns}. Fix: pass a features "
-                             "table of a run (path, label, features) or name the columns (label_col=, id_col=).")
+                             "table of a run (path, label, features) or name the columns (label_col=, id_col=; for "
+                             "a probe: ProbeSettings(label_col=, id_col=)).")
     by_class = Window.partitionBy(label_col)
     ranked = (df.withColumn("_p8_h", F.xxhash64(F.lit(int(seed)), F.col(id_col).cast("string")))
               .withColumn("_p8_rank", F.row_number().over(by_class.orderBy("_p8_h", id_col)))
@@ -372,22 +409,23 @@ def _probe_local(x: np.ndarray, y: np.ndarray, is_test: np.ndarray, n_classes: i
     return ProbeResult(float(accuracy), float(macro_f1), n_train, int(is_test.sum()), n_classes)
 
 
-def _prepared(df: DataFrame, features_col: str, label_col: str, id_col: str, test_fraction: float, seed: int,
-              max_rows: Optional[int]) -> Tuple[DataFrame, int, int, int]:
+def _prepared(df: DataFrame, features_col: str, settings: ProbeSettings) -> Tuple[DataFrame, int, int, int]:
     """Rows with features, split and label-indexed, persisted; with n_classes, n_train, n_test."""
     from pyspark import StorageLevel
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType
 
+    if not isinstance(settings, ProbeSettings):
+        raise ParameterError(f"settings={settings!r} is not a ProbeSettings. Fix: e.g. ProbeSettings(seed=1).")
     if features_col not in df.columns:
         raise ParameterError(f"features_col={features_col!r} is not a column of the DataFrame {df.columns}.")
-    rows = df.where(F.col(features_col).isNotNull() & F.col(label_col).isNotNull())
+    rows = df.where(F.col(features_col).isNotNull() & F.col(settings.label_col).isNotNull())
     if not isinstance(df.schema[features_col].dataType, ArrayType):  # an ml Vector: as an array, like the others
         rows = rows.withColumn(features_col, vector_to_array(F.col(features_col)))
-    split = stratified_split(rows, label_col=label_col, test_fraction=test_fraction, seed=seed, id_col=id_col,
-                             max_rows=max_rows)
-    split, n_classes = _indexed(split, label_col)
+    split = stratified_split(rows, label_col=settings.label_col, test_fraction=settings.test_fraction,
+                             seed=settings.seed, id_col=settings.id_col, max_rows=settings.max_rows)
+    split, n_classes = _indexed(split, settings.label_col)
     # The per-class window leaves spark.sql.shuffle.partitions partitions (200 by default): every L-BFGS
     # iteration would run that many tasks on a few thousand rows. One partition per core is enough.
     cores = max(1, split.sparkSession.sparkContext.defaultParallelism)
@@ -402,33 +440,19 @@ def _prepared(df: DataFrame, features_col: str, label_col: str, id_col: str, tes
     return split, n_classes, n_train, n_test
 
 
-def linear_probe(
-    df: DataFrame,
-    *,
-    features_col: str = "features",
-    label_col: str = "label",
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    seed: int = 0,
-    reg_param: float = DEFAULT_REG_PARAM,
-    max_iter: int = DEFAULT_MAX_ITER,
-    id_col: str = "path",
-    max_rows: Optional[int] = None,
-) -> ProbeResult:
+def linear_probe(df: DataFrame, settings: ProbeSettings = ProbeSettings(), *,
+                 features_col: str = "features") -> ProbeResult:
     """Train a multinomial logistic regression on a stratified split; score the held-out part.
 
     Parameters
     ----------
     df : pyspark.sql.DataFrame
         A features table: ``features_col`` (array<float|double>[d] or ml
-        Vector; null rows are left out), ``label_col``, ``id_col``.
+        Vector; null rows are left out), ``settings.label_col``, ``settings.id_col``.
+    settings : ProbeSettings
+        The split and the fit.
     features_col : str
         Feature column.
-    reg_param : float
-        L2 strength (Spark's ``regParam``; scikit-learn ``C = 1 / (reg_param × n_train)``).
-    max_iter : int
-        L-BFGS iterations.
-    label_col, id_col, test_fraction, seed, max_rows
-        The split, as in :func:`stratified_split`.
 
     Returns
     -------
@@ -437,16 +461,15 @@ def linear_probe(
     Raises
     ------
     ParameterError
-        Missing columns, bad parameters, or fewer than 2 classes with 2 rows.
+        Missing columns, or fewer than 2 classes with 2 rows.
     """
-    _check_split(test_fraction, max_rows)
-    _check_fit(reg_param, max_iter)
-    split, n_classes, n_train, n_test = _prepared(df, features_col, label_col, id_col, test_fraction, seed, max_rows)
+    split, n_classes, n_train, n_test = _prepared(df, features_col, settings)
     try:
         if _on_driver(n_train + n_test):
             x, y, is_test = _collected(split, features_col)
-            return _probe_local(x, y, is_test, n_classes, reg_param, max_iter)
-        return _probe(split, _as_vector(features_col), n_classes, reg_param, max_iter, n_train, n_test)
+            return _probe_local(x, y, is_test, n_classes, settings.reg_param, settings.max_iter)
+        return _probe(split, _as_vector(features_col), n_classes, settings.reg_param, settings.max_iter, n_train,
+                      n_test)
     finally:
         split.unpersist()
 
@@ -455,15 +478,9 @@ def probe_curve(
     features_df: DataFrame,
     fit: PCAResult,
     ks: Sequence[int] = DEFAULT_KS,
+    settings: ProbeSettings = ProbeSettings(),
     *,
     features_col: str = "features",
-    label_col: str = "label",
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    seed: int = 0,
-    reg_param: float = DEFAULT_REG_PARAM,
-    max_iter: int = DEFAULT_MAX_ITER,
-    id_col: str = "path",
-    max_rows: Optional[int] = None,
     raw: bool = True,
 ) -> pd.DataFrame:
     """Held-out probe accuracy on the first ``k`` centred PCA scores for each ``k``, and on the raw features.
@@ -480,11 +497,13 @@ def probe_curve(
         at least the largest ``k`` wanted (``ks`` beyond ``fit.k`` are left out).
     ks : sequence of int
         Numbers of leading components to probe.
+    settings : ProbeSettings
+        The split and the fits.
+    features_col : str
+        Feature column.
     raw : bool
         Also probe the raw features (the last row, ``representation="raw"``,
         ``k`` = the feature width, ``cumulative_variance`` = 1).
-    features_col, label_col, test_fraction, seed, reg_param, max_iter, id_col, max_rows
-        As for :func:`linear_probe`.
 
     Returns
     -------
@@ -503,15 +522,13 @@ def probe_curve(
 
     from p8utils.pca import project_rows, transform
 
-    _check_split(test_fraction, max_rows)
-    _check_fit(reg_param, max_iter)
     wanted = sorted({int(check_int("k", k, 1, example=50)) for k in ks})  # type: ignore[arg-type]
     chosen = [k for k in wanted if k <= fit.k]
     if not chosen and not raw:
         raise ParameterError(f"ks={list(ks)}: none is in [1, fit.k={fit.k}]. Fix: fit the PCA with k=max(ks), "
                              f"e.g. pca.fit_pca(features, k={max(wanted) if wanted else 50}).")
-    split, n_classes, n_train, n_test = _prepared(features_df, features_col, label_col, id_col, test_fraction, seed,
-                                                  max_rows)
+    split, n_classes, n_train, n_test = _prepared(features_df, features_col, settings)
+    reg_param, max_iter = settings.reg_param, settings.max_iter
     if _on_driver(n_train + n_test):
         try:
             x, y, is_test = _collected(split, features_col)

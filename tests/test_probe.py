@@ -10,6 +10,7 @@ from p8utils.errors import ParameterError
 from p8utils.probe import (
     DEFAULT_REG_PARAM,
     SPLIT_COL,
+    ProbeSettings,
     linear_probe,
     plateau_k,
     probe_curve,
@@ -83,7 +84,7 @@ def test_probe_equals_scikit_learn_on_the_same_split(clusters, fit_on):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
-    result = linear_probe(clusters, seed=0)
+    result = linear_probe(clusters)
     split = _split_frame(clusters, seed=0)
     train, test = split[~split[SPLIT_COL]], split[split[SPLIT_COL]]
     assert (result.n_train, result.n_test, result.n_classes) == (len(train), len(test), 6) == (126, 54, 6)
@@ -94,14 +95,14 @@ def test_probe_equals_scikit_learn_on_the_same_split(clusters, fit_on):
     assert 0.4 < sk_acc < 1.0, "the data must make the comparison meaningful (neither trivial nor chance)"
     assert abs(result.accuracy - sk_acc) <= 0.01, (result.accuracy, sk_acc)
     assert abs(result.macro_f1 - sk_f1) <= 0.02, (result.macro_f1, sk_f1)
-    assert linear_probe(clusters, seed=0) == result  # deterministic
+    assert linear_probe(clusters) == result  # deterministic
 
 
 def test_probe_reads_ml_vectors(clusters, fit_on):
     from pyspark.ml.functions import array_to_vector
 
     vectors = clusters.withColumn("features", array_to_vector("features"))
-    assert linear_probe(vectors, seed=0) == linear_probe(clusters, seed=0)
+    assert linear_probe(vectors) == linear_probe(clusters)
 
 
 def test_probe_curve_over_k(clusters, fit_on):
@@ -150,7 +151,7 @@ def test_probe_ignores_columns_of_float_noise(spark, fit_on):
     rng = np.random.default_rng(1)
     rows = _with_columns(_clusters(), lambda f: 1e-10 * rng.normal(size=5))
     df = spark.createDataFrame(rows, "path string, label string, features array<double>")
-    result = linear_probe(df, seed=0)
+    result = linear_probe(df)
     split = _split_frame(df, seed=0)
     train, test = split[~split[SPLIT_COL]], split[split[SPLIT_COL]]
     sk = LogisticRegression(C=sklearn_c(DEFAULT_REG_PARAM, len(train)), max_iter=10000, tol=1e-10)
@@ -180,9 +181,15 @@ def test_plateau_k():
 
 def test_bad_parameters(spark, clusters):
     with pytest.raises(ParameterError, match=r"test_fraction=1.5 is outside \(0, 1\)"):
-        linear_probe(clusters, test_fraction=1.5)
+        linear_probe(clusters, ProbeSettings(test_fraction=1.5))
     with pytest.raises(ParameterError, match="reg_param=0"):
-        linear_probe(clusters, reg_param=0)
+        ProbeSettings(reg_param=0)
+    with pytest.raises(ParameterError, match="is not a ProbeSettings"):
+        linear_probe(clusters, {"seed": 1})
+    with pytest.raises(ParameterError, match="max_iter"):
+        ProbeSettings(max_iter=0)
+    with pytest.raises(ParameterError, match="max_rows"):
+        ProbeSettings(max_rows=1)
     with pytest.raises(ParameterError, match="features_col='feats' is not a column"):
         linear_probe(clusters, features_col="feats")
     one = spark.createDataFrame([("p1", "a", [1.0]), ("p2", "a", [2.0])], "path string, label string, features "

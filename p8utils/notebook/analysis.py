@@ -29,7 +29,7 @@ from p8utils import pca, runs, storage
 from p8utils.notebook import explorer as explorer_page
 from p8utils.notebook import figures, plots, samples, summaries
 from p8utils.notebook.settings import DEFAULTS, AnalysisSettings
-from p8utils.probe import DEFAULT_KS, probe_curve
+from p8utils.probe import DEFAULT_KS, ProbeSettings, probe_curve
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -175,7 +175,7 @@ def analyse_run(
     }
     curve = None
     if opts.probe:
-        curve = probe_curve(features, full, DEFAULT_KS, seed=opts.seed, max_rows=opts.probe_max_rows)
+        curve = probe_curve(features, full, DEFAULT_KS, ProbeSettings(seed=opts.seed, max_rows=opts.probe_max_rows))
         drawn["probe_accuracy"] = plots.probe_plot(curve, ev, variance_target=pca.DEFAULT_VARIANCE, pyplot=pyplot)
     table = plots.variance_table(ev, opts.thresholds)
     files = figures.save_figures(drawn, storage.join(out, "figures"), spark)
