@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -63,6 +64,7 @@ __all__ = [
     "s3_client",
     "split_s3",
     "read_object",
+    "open_s3_object",
     "iter_s3_objects",
     "upload_file",
     "local_path",
@@ -298,6 +300,94 @@ def read_object(uri: str, endpoint: Optional[str] = None) -> bytes:
         return answer["Body"].read()
     except Exception as exc:  # noqa: BLE001 - a connection broken mid-body
         raise OSError(f"{uri}: {exc}") from exc
+
+
+#: The first request of :func:`open_s3_object` fetches this much of the object's end: a parquet file's footer
+#: (pyarrow reads 64 KiB there first), and the whole object when it is no larger.
+S3_TAIL_BYTES = 64 * 1024
+
+
+class _S3Object(io.RawIOBase):
+    """One S3 object as a seekable, read-only binary file.
+
+    Its tail is fetched on opening; any other read is one ranged ``GetObject``, so a parquet reader fetches
+    only the column chunks it needs.
+    """
+
+    def __init__(self, uri: str, endpoint: Optional[str]) -> None:
+        super().__init__()
+        _, self._bucket, self._key = split_s3(uri)
+        self._uri, self._client, self._pos = uri, s3_client(endpoint), 0
+        try:
+            self._tail, size = self._get(f"bytes=-{S3_TAIL_BYTES}")
+        except OSError as exc:
+            if _client_error(exc.__cause__)[0] != "InvalidRange":
+                raise
+            self._tail, size = b"", 0  # S3 refuses any range of an empty object
+        self._size = len(self._tail) if size is None else size
+        self._tail_start = self._size - len(self._tail)
+
+    def _get(self, byte_range: str) -> Tuple[bytes, Optional[int]]:
+        """Return the bytes of ``byte_range`` and the object's size (None when the answer was the whole object)."""
+        answer = _s3_call(self._uri, self._client.get_object, Bucket=self._bucket, Key=self._key, Range=byte_range)
+        found = str(answer.get("ContentRange") or "")  # "bytes 0-99/1234"
+        try:
+            return answer["Body"].read(), int(found.rsplit("/", 1)[1]) if "/" in found else None
+        except Exception as exc:  # noqa: BLE001 - a connection broken mid-body
+            raise OSError(f"{self._uri}: {exc}") from exc
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        start, end = self._pos, min(self._pos + len(buffer), self._size)
+        if end <= start:
+            return 0
+        if start >= self._tail_start:
+            data = self._tail[start - self._tail_start:end - self._tail_start]
+        else:
+            data = self._get(f"bytes={start}-{end - 1}")[0]
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def open_s3_object(uri: str, endpoint: Optional[str] = None) -> io.RawIOBase:
+    """Open an S3 object for reading parts of it: a parquet reader then fetches only what it reads.
+
+    Opening costs one ranged ``GetObject`` for the last :data:`S3_TAIL_BYTES`
+    (the whole object when it is smaller); every read outside that tail costs
+    one more, of exactly the bytes read.
+
+    Parameters
+    ----------
+    uri : str
+        ``s3://bucket/key`` (``s3a``/``s3n`` too).
+    endpoint : str, optional
+        As for :func:`read_object`.
+
+    Returns
+    -------
+    io.RawIOBase
+        Seekable, read-only, binary.
+
+    Raises
+    ------
+    FileNotFoundError, PermissionError, OSError
+        As :func:`read_object`, on opening or on a read.
+    """
+    return _S3Object(uri, endpoint)
 
 
 def upload_file(local: str, uri: str, spark: Optional[SparkSession] = None) -> None:

@@ -320,6 +320,36 @@ def test_row_check_on_the_driver_equals_sparks(spark, tmp_path, listed, staged):
         assert driver_got == spark_got and sum(driver_got.files.values()) == len(staged)
 
 
+def test_driver_reads_of_s3_part_files_fetch_only_the_columns_read(s3, tmp_path):
+    """read_parquet_arrow on S3: the row check's path and error columns cost the footer's GET and the path chunk's,
+    not the features' bytes; the table is the local file's."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from p8utils import storage
+    from p8utils.protocol.folders import read_parquet_arrow
+
+    from .test_storage import _requested_bytes
+
+    n = 200
+    features = np.random.default_rng(0).normal(size=(n, 1280)).astype(np.float32)
+    local = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.table({"path": [f"s3://b/in/c/{i}.jpg" for i in range(n)], "label": ["c"] * n,
+                             "features": pa.array(list(features), pa.list_(pa.float32())),
+                             "error": [None] * (n - 1) + ["empty"]}), str(local))
+    uri = f"s3://{s3.bucket()}/run/features/{local.name}"
+    storage.upload_file(str(local), uri)
+    mark = s3.mark()
+    got = read_parquet_arrow([uri], ["path", "error"])
+    gets = s3.requests(mark)
+    assert [r["op"] for r in gets] == ["GetObject", "GetObject"], "the footer, then the path column's chunk"
+    assert _requested_bytes(gets) < 0.1 * local.stat().st_size, (_requested_bytes(gets), local.stat().st_size)
+    assert got.equals(read_parquet_arrow([str(local)], ["path", "error"]))
+    whole = read_parquet_arrow([uri], ["features"])
+    assert np.array_equal(np.stack(whole.column("features").to_numpy(zero_copy_only=False)), features)
+
+
 def _write_listing(folder, listed):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -207,3 +207,46 @@ def test_databricks_locations(monkeypatch):
         storage.resolve_location("output", "dbfs:/FileStore/runs")
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
     assert storage.resolve_location("output", "dbfs:/FileStore/runs") == "dbfs:/FileStore/runs"
+
+
+def _requested_bytes(requests) -> int:
+    """Bytes asked for by the ranged GETs among ``requests`` (the emulator's log)."""
+    total = 0
+    for r in requests:
+        first, _, last = r["headers"]["range"].split("=", 1)[1].partition("-")
+        total += int(last) - int(first) + 1 if first else int(last)
+    return total
+
+
+def test_s3_object_opened_for_parts_fetches_only_what_is_read(s3):
+    """open_s3_object: one ranged GET for the tail on opening, reads inside it free, any other read one ranged GET
+    of exactly its bytes; the bytes are the object's; an empty object and a missing key."""
+    import os
+
+    data = os.urandom(300_000)
+    base = f"s3://{s3.bucket()}/o"
+    storage.write_bytes(base + "/big", data)
+    storage.write_bytes(base + "/small", data[:100])
+    storage.write_bytes(base + "/empty", b"")
+    mark = s3.mark()
+    with storage.open_s3_object(base + "/big") as f:
+        assert s3.calls(mark) == {"GetObject": 1}
+        assert f.seek(0, os.SEEK_END) == len(data)
+        f.seek(len(data) - 1000)
+        assert f.read(1000) == data[-1000:] and s3.calls(mark) == {"GetObject": 1}, "the tail: no request"
+        f.seek(10)
+        assert f.read(500) == data[10:510] and s3.calls(mark) == {"GetObject": 2}
+        f.seek(len(data) - storage.S3_TAIL_BYTES - 5)
+        assert f.read(10) == data[-storage.S3_TAIL_BYTES - 5:-storage.S3_TAIL_BYTES + 5]
+        f.seek(0)
+        assert f.read() == data
+    gets = s3.requests(mark)
+    assert _requested_bytes(gets[:3]) == storage.S3_TAIL_BYTES + 500 + 10
+    mark = s3.mark()
+    with storage.open_s3_object(base + "/small") as f:
+        assert f.read() == data[:100] and f.read() == b""
+    with storage.open_s3_object(base + "/empty") as f:
+        assert f.read() == b"" and f.seek(0, os.SEEK_END) == 0
+    assert s3.calls(mark) == {"GetObject": 2}, "a small object: one GET; an empty one: one refused range"
+    with pytest.raises(FileNotFoundError):
+        storage.open_s3_object(base + "/absent")

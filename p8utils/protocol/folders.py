@@ -308,7 +308,12 @@ def read_parts(lay: RunLayout, table: str, names: List[str], spark: SparkSession
 
 
 def read_parquet_arrow(uris: List[str], columns: List[str]) -> Optional[Any]:
-    """Read parquet files on the driver, without Spark: local files, or S3 objects with one GET each.
+    """Read parquet files on the driver, without Spark: local files, or S3 objects by ranged GETs.
+
+    An S3 object costs one GET for its footer (the whole object when it is
+    under 64 KiB, :func:`p8utils.storage.open_s3_object`) and one per column
+    chunk read beyond it: the row check reads ``path`` and ``error``, not the
+    features.
 
     For tables small enough to hold on the driver (the row check and the PCA
     fit of small runs: no Spark job, no JVM round trip).
@@ -326,8 +331,6 @@ def read_parquet_arrow(uris: List[str], columns: List[str]) -> Optional[Any]:
         ``columns`` + ``file``, one row per parquet row, in file order; None
         when a file is on another store (``hdfs://``: read it with Spark).
     """
-    import io
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -335,8 +338,11 @@ def read_parquet_arrow(uris: List[str], columns: List[str]) -> Optional[Any]:
         return None
     parts = []
     for uri in uris:
-        source = str(storage.local_path(uri)) if storage.is_local(uri) else io.BytesIO(storage.read_bytes(uri))
-        part = pq.read_table(source, columns=columns)
+        if storage.is_local(uri):
+            part = pq.read_table(str(storage.local_path(uri)), columns=columns)
+        else:
+            with storage.open_s3_object(uri, storage.s3_endpoint()) as source:
+                part = pq.read_table(source, columns=columns)
         part = part.append_column("file", pa.array([uri.rstrip("/").rsplit("/", 1)[-1]] * part.num_rows, pa.string()))
         # Spark marks a column "not null" in the files where no row could be null (e.g. error rows of unread files)
         parts.append(part.cast(pa.schema([f.with_nullable(True) for f in part.schema])))
