@@ -155,3 +155,45 @@ def test_workers_featurize_s3_objects_at_the_drivers_endpoint(s3_spark, s3, samp
         row = rows[f"s3://{bucket}/in/{f.parent.name}/{f.name}"]
         assert row.error is None and row.label == f.parent.name
         np.testing.assert_allclose(np.asarray(row.features, np.float32), clean.features[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prefix,remote", [("s3://b/in/Kiwi/", True), ("/data/in/Kiwi/", False)])
+def test_remote_objects_are_read_many_at_once_local_files_one_by_one(monkeypatch, sample_dir, prefix, remote):
+    """A task reads a chunk's S3 objects REMOTE_READS_AT_ONCE at a time (a GET's latency is not paid image after
+    image), local files one by one; every row still gets its own file's features, in order."""
+    import threading
+    import time
+
+    from p8utils import featurize as featurize_module
+    from p8utils.images import DEFAULT_MAX_PIXELS
+    from p8utils.models import get_spec
+
+    photos = [f.read_bytes() for f in image_files(sample_dir)[:4]]
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def slow_read(path, endpoint=None):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)  # a GET's latency
+        with lock:
+            state["now"] -= 1
+        return photos[int(path.rsplit("/", 1)[1].split(".")[0]) % 4], None
+
+    monkeypatch.setattr(featurize_module, "read_file", slow_read)
+    spec = get_spec("mobilenet_v2", 96)
+    seen = []
+
+    def predict(batch):
+        seen.extend(batch.mean(axis=(1, 2, 3)).tolist())
+        return np.repeat(batch.mean(axis=(1, 2, 3))[:, None], spec.width, axis=1).astype(np.float32)
+
+    out = featurize_module._featurize_frame([f"{prefix}{i}.jpg" for i in range(40)], spec, predict, 32,
+                                           DEFAULT_MAX_PIXELS)
+    assert out.error.isna().all() and len(out) == 40
+    means = [float(v[0]) for v in out.features]
+    assert means[:4] == means[4:8] and len(set(means[:4])) == 4, "row i has photo i % 4's features"
+    if remote:
+        assert featurize_module.REMOTE_READS_AT_ONCE // 2 <= state["most"] <= featurize_module.REMOTE_READS_AT_ONCE
+    else:
+        assert state["most"] == 1
