@@ -45,7 +45,7 @@ from p8utils import engines, images, runs, storage
 from p8utils import pca as pca_mod
 from p8utils.config import MODEL_PARAMETERS, FeatureIdentity, RunConfig
 from p8utils.errors import DamagedRunFileError, ParameterError
-from p8utils.featurize import featurize
+from p8utils.featurize import FeaturizeSettings, featurize, featurize_to_files
 from p8utils.models import WeightsBundle, load_weights
 from p8utils.pca import Moments, PCAResult, arrow_moments, fit_moments, fit_pca, transform
 from p8utils.runs import INCREMENTAL_KEY, IncrementalPlan, PartTally, RunOutcome, plan_incremental
@@ -218,7 +218,7 @@ def _execute(config: RunConfig, spark: Optional[SparkSession], progress: Optiona
         active.follow(plan)
         builds = spark.sparkContext.accumulator(0)
         with stage("featurize", spark):
-            staged = _write_features(active, _features(config, listing, plan, job.previous, bundle, builds), listing)
+            staged = _stage_features(config, active, listing, plan, job.previous, bundle, builds)
         with stage("check", spark):
             counts = active.check_rows(staged, listing.frame, listing.n_files)
         done = job.pca(config, counts, plan, active, staged, stage, spark)
@@ -512,43 +512,64 @@ def _tallies(previous: DataFrame, listing: images.Listing) -> List[PartTally]:
     return [PartTally(r["_file"], int(r["count"]), int(r["kept"] or 0)) for r in per_file]
 
 
-def _features(
+def _stage_features(
     config: RunConfig,
+    active: runs.ActiveRun,
     listing: images.Listing,
     plan: IncrementalPlan,
     previous: Optional[DataFrame],
     bundle: WeightsBundle,
     builds: Accumulator,
 ) -> DataFrame:
-    """Build the rows this run writes (lazy), as ``plan`` says; unchanged rows stay where they are.
+    """Write the rows this run stages, as ``plan`` says; unchanged rows stay where they are.
 
     Incremental runs are copy-on-write: the committed part files holding only
     unchanged rows stay untouched (:meth:`p8utils.runs.ActiveRun.follow`),
-    those holding a row of a changed or deleted file are rewritten without it,
-    and new rows go to new files, so a run costs what is new. A compacting plan
-    rewrites the whole table. Either way the committed table equals what a
-    full run gives.
+    those holding a row of a changed or deleted file are rewritten without it
+    (by Spark), and new rows go to new files, so a run costs what is new. A
+    compacting plan rewrites the whole table. Either way the committed table
+    equals what a full run gives. The new rows are written by the Python tasks
+    that featurize them (:func:`p8utils.featurize.featurize_to_files`: the
+    features never go back through the JVM) when the files are read by Python
+    and the run folder is local or on S3; by Spark otherwise.
 
     Returns
     -------
     pyspark.sql.DataFrame
-        :data:`FEATURE_COLUMNS`: the rows to write.
+        :data:`FEATURE_COLUMNS`: the table the run will commit (what it wrote,
+        and the committed part files that stay).
     """
     from pyspark.sql import functions as F
 
-    if previous is None or not plan.on_previous:
-        return _featurize_listed(config, listing, listing.frame, listing.n_files, bundle, builds)
-    prev, keys, kept = _reuse_frames(previous, listing)
-    todo = listing.frame.join(kept.select("path"), "path", "left_anti")
-    fresh = _featurize_listed(config, listing, todo, plan.featurized, bundle, builds)
-    if plan.compacted:  # rewrite everything: the reused rows, read in full, and the new ones
-        table = prev.join(kept.select("path", "_file"), ["path", "_file"], "left_semi").drop("_file")
-    else:  # copy-on-write: only the files that lose a row are rewritten, without it
-        gone = keys.join(kept.select("path"), "path", "left_anti").select("path")
-        rewritten = plan.rewritten_files
-        table = prev.where(F.col("_file").isin(*rewritten) if rewritten else F.lit(False)).join(
-            F.broadcast(gone), "path", "left_anti").drop("_file")
-    return table.select(*FEATURE_COLUMNS).unionByName(fresh)
+    todo, n_todo = listing.frame, listing.n_files
+    if previous is not None and plan.on_previous:
+        prev, keys, kept = _reuse_frames(previous, listing)
+        todo, n_todo = listing.frame.join(kept.select("path"), "path", "left_anti"), plan.featurized
+        if plan.compacted:  # rewrite everything: the reused rows, read in full, and the new ones
+            active.write_features(prev.join(kept.select("path", "_file"), ["path", "_file"], "left_semi")
+                                  .select(*FEATURE_COLUMNS))
+        elif plan.rewritten_files:  # copy-on-write: only the files that lose a row are rewritten, without it
+            gone = keys.join(kept.select("path"), "path", "left_anti").select("path")
+            active.write_features(prev.where(F.col("_file").isin(*plan.rewritten_files)).join(
+                F.broadcast(gone), "path", "left_anti").select(*FEATURE_COLUMNS))
+    spark = todo.sparkSession
+    tasks = images.task_count(n_todo, config.images_per_partition, spark.sparkContext.defaultParallelism)
+    settings = FeaturizeSettings(config.batch_size, config.engine, None, config.max_pixels)
+    extra = dict(model_builds=builds, calibration=_calibration(config, listing, bundle, spark))
+    folder = active.layout.features
+    if listing.reader == "python" and (storage.is_local(folder) or storage.is_s3(folder)):
+        active.add_task_files("features", featurize_to_files(todo.repartition(tasks), bundle, folder,
+                                                             active.part_prefix, FEATURE_COLUMNS, settings, **extra))
+    else:
+        args = {**{k: getattr(settings, k) for k in ("batch_size", "engine", "max_pixels")}, **extra}
+        staged = active.write_features(_featurize_listed(config, listing, todo, tasks, bundle, args))
+        if listing.reader == "spark":
+            active.write_features(_unread_rows(listing, staged))
+    if not active.written["features"]:  # nothing new and nothing rewritten: an empty file stands for the run
+        active.write_features(todo.where(F.lit(False)).select(
+            "path", "label", F.lit(None).cast("array<float>").alias("features"), "error", "length",
+            "modificationTime"))
+    return active.staged_features(spark)
 
 
 def max_feature_files(n_rows: int, images_per_partition: int, parallelism: int) -> int:
@@ -565,15 +586,12 @@ def max_feature_files(n_rows: int, images_per_partition: int, parallelism: int) 
     return 2 * images.task_count(n_rows, images_per_partition, parallelism) + 16
 
 
-def _featurize_listed(config: RunConfig, listing: images.Listing, todo: DataFrame, n_todo: int,
-                      bundle: WeightsBundle, builds: Accumulator) -> DataFrame:
-    """Featurize the listed files of ``todo``; files with a listing error pass through as error rows."""
+def _featurize_listed(config: RunConfig, listing: images.Listing, todo: DataFrame, tasks: int,
+                      bundle: WeightsBundle, args: Mapping[str, Any]) -> DataFrame:
+    """Featurize the listed files of ``todo`` in ``tasks`` tasks (for Spark to write); listing errors pass through."""
     from pyspark.sql import functions as F
 
     spark = todo.sparkSession
-    tasks = images.task_count(n_todo, config.images_per_partition, spark.sparkContext.defaultParallelism)
-    args = dict(batch_size=config.batch_size, engine=config.engine, max_pixels=config.max_pixels,
-                model_builds=builds, calibration=_calibration(config, listing, bundle, spark))
     failed = todo.where(F.col("error").isNotNull()).select(
         "path", "label", F.lit(None).cast("array<float>").alias("features"), "error", "length", "modificationTime")
     good = todo.where(F.col("error").isNull())
@@ -607,14 +625,6 @@ def _calibration(config: RunConfig, listing: images.Listing, bundle: WeightsBund
         raise ParameterError(f"engine={config.engine!r} calibrates on input images, but none of the "
                              f"{len(chosen)} chosen could be decoded. Fix: check the input, or use engine='tflite'.")
     return bundle.spec.preprocess(decoded)
-
-
-def _write_features(active: runs.ActiveRun, table: DataFrame, listing: images.Listing) -> DataFrame:
-    """Stage the features table; with Spark's reader, add rows for the listed files it never read."""
-    staged = active.write_features(table)
-    if listing.reader == "spark":
-        staged = active.write_features(_unread_rows(listing, staged))
-    return staged
 
 
 def _unread_rows(listing: images.Listing, staged: DataFrame) -> DataFrame:

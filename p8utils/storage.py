@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -64,6 +65,9 @@ __all__ = [
     "s3_client",
     "split_s3",
     "read_object",
+    "stage_object",
+    "publish_object",
+    "abort_staged",
     "open_s3_object",
     "iter_s3_objects",
     "upload_file",
@@ -300,6 +304,85 @@ def read_object(uri: str, endpoint: Optional[str] = None) -> bytes:
         return answer["Body"].read()
     except Exception as exc:  # noqa: BLE001 - a connection broken mid-body
         raise OSError(f"{uri}: {exc}") from exc
+
+
+def stage_object(uri: str, data: bytes, endpoint: Optional[str] = None) -> str:
+    """Write ``data`` for ``uri`` where no reader sees it until :func:`publish_object` (for the workers).
+
+    Hadoop's S3A "magic" committer's way on S3: the task uploads the object as
+    a multipart upload it does not complete (one ``CreateMultipartUpload``,
+    one ``UploadPart``); the driver completes it once the job succeeded, a
+    request that copies nothing. On a local disk: a hidden file next to
+    ``uri`` (``.<name>.pending``; Spark and pyarrow skip names starting with
+    ``.``), renamed by :func:`publish_object`. What is never published is
+    removed by :func:`abort_staged` (S3) or with the folder's unnamed files.
+
+    Parameters
+    ----------
+    uri : str
+        Where the object will be: a local path or ``s3://bucket/key``.
+    data : bytes
+        Its content (at most 5 GiB on S3: one part).
+    endpoint : str, optional
+        The S3 endpoint captured on the driver with :func:`s3_endpoint`.
+
+    Returns
+    -------
+    str
+        The token :func:`publish_object` takes (JSON on S3, the hidden name locally).
+
+    Raises
+    ------
+    OSError
+        The write failed; a full disk's error names the file.
+    """
+    if is_local(uri):
+        target = local_path(uri)
+        hidden = target.with_name(f".{target.name}.pending")
+        try:
+            hidden.parent.mkdir(parents=True, exist_ok=True)
+            hidden.write_bytes(data)
+        except OSError as exc:  # Python's write errors name no file: name it (the run's message says which device)
+            raise OSError(exc.errno, exc.strerror, str(hidden)) from exc
+        return hidden.name
+    _, bucket, key = split_s3(uri)
+    client = s3_client(endpoint)
+    upload = _s3_call(uri, client.create_multipart_upload, Bucket=bucket, Key=key)["UploadId"]
+    part = _s3_call(uri, client.upload_part, Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=bytes(data))
+    return json.dumps({"upload": upload, "etag": part["ETag"]})
+
+
+def publish_object(uri: str, token: str) -> None:
+    """Make the object :func:`stage_object` staged for ``uri`` visible, whole (on the driver).
+
+    S3: one ``CompleteMultipartUpload`` (the object appears at once, nothing
+    is copied); local: a rename.
+    """
+    if is_local(uri):
+        target = local_path(uri)
+        os.replace(target.with_name(token), target)
+        return
+    _, bucket, key = split_s3(uri)
+    staged = json.loads(token)
+    _s3_call(uri, s3_client(s3_endpoint()).complete_multipart_upload, Bucket=bucket, Key=key,
+             UploadId=staged["upload"], MultipartUpload={"Parts": [{"ETag": staged["etag"], "PartNumber": 1}]})
+
+
+def abort_staged(folder: str) -> None:
+    """Abort the uploads :func:`stage_object` left unpublished under the S3 prefix ``folder`` (no-op elsewhere).
+
+    One ``ListMultipartUploads`` per 1,000 uploads, one ``AbortMultipartUpload`` each.
+    """
+    if not is_s3(folder):
+        return
+    _, bucket, key = split_s3(folder)
+    client = s3_client(s3_endpoint())
+    prefix = key.rstrip("/") + "/"
+    pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+    for page in _s3_call(folder, lambda: list(pages)):
+        for upload in page.get("Uploads", []):
+            _s3_call(folder, client.abort_multipart_upload, Bucket=bucket, Key=upload["Key"],
+                     UploadId=upload["UploadId"])
 
 
 #: The first request of :func:`open_s3_object` fetches this much of the object's end: a parquet file's footer

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from p8utils import storage
 from p8utils.errors import ParameterError
 from p8utils.featurize import featurize, featurize_bytes
 from p8utils.images import list_images, load_images
@@ -188,12 +189,102 @@ def test_remote_objects_are_read_many_at_once_local_files_one_by_one(monkeypatch
         seen.extend(batch.mean(axis=(1, 2, 3)).tolist())
         return np.repeat(batch.mean(axis=(1, 2, 3))[:, None], spec.width, axis=1).astype(np.float32)
 
-    out = featurize_module._featurize_frame([f"{prefix}{i}.jpg" for i in range(40)], spec, predict, 32,
-                                           DEFAULT_MAX_PIXELS)
-    assert out.error.isna().all() and len(out) == 40
-    means = [float(v[0]) for v in out.features]
+    features, errors = featurize_module._featurize_arrays([f"{prefix}{i}.jpg" for i in range(40)], spec, predict, 32,
+                                                          DEFAULT_MAX_PIXELS)
+    assert errors == [None] * 40 and features.shape == (40, spec.width)
+    means = [float(v[0]) for v in features]
     assert means[:4] == means[4:8] and len(set(means[:4])) == 4, "row i has photo i % 4's features"
     if remote:
         assert featurize_module.REMOTE_READS_AT_ONCE // 2 <= state["most"] <= featurize_module.REMOTE_READS_AT_ONCE
     else:
         assert state["most"] == 1
+
+
+def _listing_with_bad_files(spark, tmp_path, sample_dir, n_good=5):
+    """A listing of ``n_good`` sample photos, a broken file and an empty one (listed with error 'empty')."""
+    cls = tmp_path / "in" / "Mixed Class"
+    cls.mkdir(parents=True)
+    good = image_files(sample_dir)[:n_good]
+    for i, f in enumerate(good):
+        (cls / f"g{i}.jpg").write_bytes(f.read_bytes())
+    (cls / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (cls / "empty.jpg").write_bytes(b"")
+    return good, list_images(spark, str(tmp_path / "in"))
+
+
+def test_tasks_write_their_part_files_with_the_udfs_rows(spark, tmp_path, sample_dir, offline_bundle):
+    """featurize_to_files: each task stages one parquet file itself (hidden until published), named by the row it
+    returns; read back with Spark, the files hold the UDF's rows (same features, errors, listing columns, types)."""
+    from p8utils.featurize import FeaturizeSettings, featurize_to_files
+    from p8utils.pipeline import FEATURE_COLUMNS
+
+    good, listing = _listing_with_bad_files(spark, tmp_path, sample_dir)
+    folder = tmp_path / "features"
+    named = featurize_to_files(listing.frame.repartition(3), offline_bundle, str(folder), "part-test", FEATURE_COLUMNS,
+                               FeaturizeSettings(batch_size=2, engine="tflite")).collect()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f".{r.file}.pending" for r in named), "staged, hidden"
+    for r in named:
+        storage.publish_object(str(folder / r.file), r.token)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(r.file for r in named)
+    assert all(r.file.startswith("part-test-") and r.file.endswith(".snappy.parquet") for r in named)
+    assert sum(r.rows for r in named) == 7 and len(named) <= 3
+    table = spark.read.parquet(*[str(folder / r.file) for r in named])
+    assert table.columns == list(FEATURE_COLUMNS)
+    expected = featurize(listing.frame.where("error is null").drop("error"), offline_bundle, input_col="path",
+                         engine="tflite")
+    types = dict(expected.dtypes)
+    assert dict(table.dtypes) == {**types, "error": "string"}, "the types a Spark-written table has"
+    rows = {r.path.rsplit("/", 1)[-1]: r for r in table.collect()}
+    want = {r.path.rsplit("/", 1)[-1]: r for r in expected.collect()}
+    assert rows["empty.jpg"].error == "empty" and rows["empty.jpg"].features is None
+    assert rows["broken.jpg"].error == "not_an_image" and rows["broken.jpg"].features is None
+    listed = {r.path.rsplit("/", 1)[-1]: r for r in listing.frame.collect()}
+    for i in range(len(good)):
+        name = f"g{i}.jpg"
+        assert rows[name].error is None and rows[name].label == "Mixed Class"
+        assert (rows[name].length, rows[name].modificationTime) == (listed[name].length, listed[name].modificationTime)
+        np.testing.assert_allclose(np.asarray(rows[name].features, np.float32),
+                                   np.asarray(want[name].features, np.float32), rtol=1e-6, atol=1e-7)
+
+
+def test_tasks_write_their_part_files_to_s3_with_one_put_each(s3_spark, s3, tmp_path, sample_dir, offline_bundle):
+    """On S3 a task stages its part file as an uncompleted multipart upload at its final key (invisible; no
+    temporary key, no copy), at the driver's endpoint; publishing completes it; its rows equal the local files'."""
+    from p8utils.featurize import FeaturizeSettings, featurize_to_files
+    from p8utils.pipeline import FEATURE_COLUMNS
+
+    files = image_files(sample_dir)[:6]
+    bucket = s3.bucket()
+    s3.upload(sample_dir, f"s3://{bucket}/in", files)
+    listing = list_images(s3_spark, f"s3://{bucket}/in")
+    mark = s3.mark()
+    named = featurize_to_files(listing.frame.repartition(2), offline_bundle, f"s3://{bucket}/out/features",
+                               "part-s3", FEATURE_COLUMNS, FeaturizeSettings(engine="tflite")).collect()
+    assert s3.calls(mark) == {"GetObject": len(files), "CreateMultipartUpload": len(named),
+                              "UploadPart": len(named)}
+    assert s3.keys(bucket, "out/") == [], "staged: no reader sees an uploaded part before it is published"
+    mark = s3.mark()
+    for r in named:
+        storage.publish_object(f"s3://{bucket}/out/features/{r.file}", r.token)
+    assert s3.calls(mark) == {"CompleteMultipartUpload": len(named)}, "publishing copies nothing"
+    assert s3.keys(bucket, "out/") == sorted(f"out/features/{r.file}" for r in named)
+    table = s3_spark.read.parquet(*[f"s3a://{bucket}/out/features/{r.file}" for r in named])
+    rows = {r.path.rsplit("/", 1)[-1]: r for r in table.collect()}
+    clean = featurize_bytes([f.read_bytes() for f in files], offline_bundle, engine="tflite")
+    for i, f in enumerate(files):
+        np.testing.assert_allclose(np.asarray(rows[f.name].features, np.float32), clean.features[i], rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_featurize_to_files_refuses_other_stores_and_missing_columns(spark, sample_dir, offline_bundle):
+    from p8utils.featurize import FeaturizeSettings, featurize_to_files
+
+    frame = list_images(spark, str(sample_dir)).frame
+    with pytest.raises(ParameterError, match="local folders and S3 only"):
+        featurize_to_files(frame, offline_bundle, "hdfs://nn/out", "part-x", ["path", "features", "error"])
+    with pytest.raises(ParameterError, match=r"\['size'\] are not columns"):
+        featurize_to_files(frame, offline_bundle, "/tmp/x", "part-x", ["path", "size", "features", "error"])
+    with pytest.raises(ParameterError, match="is not a FeaturizeSettings"):
+        featurize_to_files(frame, offline_bundle, "/tmp/x", "part-x", ["path", "features", "error"], {"engine": "x"})
+    with pytest.raises(ParameterError, match="batch_size"):
+        FeaturizeSettings(batch_size=0)

@@ -237,6 +237,12 @@ def test_s3_run_costs_one_get_per_photo_and_a_fixed_number_besides(s3_spark, s3,
         costs[n] = Counter(r["op"] for r in requests)
         copies = [r["headers"].get("x-amz-copy-source", "") for r in requests if r["op"] == "CopyObject"]
         assert all("/_temporary/" in c for c in copies), f"only Spark's write renames its task files: {copies}"
+        assert not [c for c in copies if "/features/" in c], "the tasks PUT the features' part files at their keys"
+        parts = sorted(f["name"] for f in result.manifest["files"]["features"])
+        for op in ("CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):  # staged, then published
+            done = [r["path"].rsplit("/", 1)[-1] for r in requests if r["op"] == op and "/out/features/" in r["path"]]
+            assert sorted(done) == parts, (op, done)
+        assert not [r for r in requests if r["op"] == "PutObject" and "/out/features/" in r["path"]]
     assert costs[80]["ListObjectsV2"] == costs[40]["ListObjectsV2"], "listing 80 keys costs what 40 do"
     grown = sum(costs[80].values()) - sum(costs[40].values())
     assert grown <= 40 * 2, (grown, costs)

@@ -606,27 +606,31 @@ def test_links_colons_odd_names_and_folders_spark_cannot_list(spark, sample_dir,
     assert any("could not be listed" in w for w in res.manifest["warnings"])
 
 
-def test_a_row_lost_between_write_and_commit_is_caught(spark, sample_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("reader,staging", [("python", "add_task_files"), ("spark", "write_features")])
+def test_a_row_lost_between_write_and_commit_is_caught(spark, sample_dir, tmp_path, monkeypatch, reader, staging):
+    """Part files written by the Python tasks (reader python) or by Spark (reader spark): a row lost after the
+    write is caught by the row check, and the committed table stays as it was."""
     from p8utils import runs
     from p8utils.errors import RunCheckError
 
     out = tmp_path / "o"
     pipeline.run(str(sample_dir), str(out), weights="offline", k=3, spark=spark)
     before = _snapshot(out)
-    original = runs.ActiveRun.write_features
+    original = getattr(runs.ActiveRun, staging)
 
-    def lossy(self, table):
-        original(self, table)
+    def lossy(self, *args):
+        result = original(self, *args)
         victim = Path(self.layout.features) / self.written["features"][0]
         data = pq.read_table(victim)
         victim.unlink()  # e.g. a storage layer that lost a row of an object
         (victim.parent / f".{victim.name}.crc").unlink(missing_ok=True)
         pq.write_table(data.slice(1), victim)
-        return self.staged_features(table.sparkSession)
+        return result
 
-    monkeypatch.setattr(runs.ActiveRun, "write_features", lossy)
+    monkeypatch.setattr(runs.ActiveRun, staging, lossy)
     with pytest.raises(RunCheckError, match="listed files") as info:
-        pipeline.run(str(sample_dir), str(out), weights="offline", k=3, mode="overwrite", spark=spark)
+        pipeline.run(str(sample_dir), str(out), weights="offline", k=3, mode="overwrite", spark=spark,
+                     reader=reader)
     assert "no row" in str(info.value) and "unchanged" in str(info.value)
     after = _snapshot(out)
     assert after["manifest"] == before["manifest"]

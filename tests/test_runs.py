@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import multiprocessing
@@ -407,6 +408,74 @@ def test_commit_names_the_files_and_deletes_what_it_no_longer_names(target):
     assert runs.read_pca_file(out, "model")[1] == b"model new"
     assert spark.read.parquet(out + "/features").count() == 5, "a plain read equals the committed table"
     assert _names(out) == {"features", "manifest.json", "pca"}
+
+
+def _task_file(out: str, name: str, tag: str, n: int) -> str:
+    """Stage a part file as a Python task does (:func:`p8utils.featurize.featurize_to_files`); its token."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from p8utils import storage
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"path": [f"{tag}/{i}.jpg" for i in range(n)], "label": [tag] * n,
+                             "error": pa.nulls(n, pa.string())}), sink)
+    return storage.stage_object(storage.join(out, "features", name), sink.getvalue().to_pybytes(),
+                                storage.s3_endpoint())
+
+
+def _unpublished(out: str) -> list:
+    """What tasks staged and nobody published: hidden local files, or uncompleted S3 uploads."""
+    from p8utils import storage
+
+    folder = out + "/features"
+    if storage.is_local(folder):
+        return [n for n in storage.list_dir(folder) if n.endswith(".pending")]
+    _, bucket, key = storage.split_s3(folder)
+    answer = storage.s3_client(storage.s3_endpoint()).list_multipart_uploads(Bucket=bucket, Prefix=key)
+    return [u["Key"] for u in answer.get("Uploads", [])]
+
+
+@pytest.mark.parametrize("ends", ["commit", "fault", "kill"])
+def test_task_staged_files_commit_only_what_the_tasks_name(target, ends):
+    """Files the tasks staged are published and committed by name (the rows the successful attempts returned):
+    another attempt's file with the run's prefix is never published nor committed, and is removed by the commit,
+    when the run ends without one, or (after a kill -9, nothing published) by the next run."""
+    from p8utils import storage
+
+    out, spark = target
+    _commit_tiny_run(spark, out, "old")
+    before = _names(out + "/features")
+    with pytest.raises(RuntimeError, match="fault|kill") if ends != "commit" else contextlib.nullcontext():
+        with runs.open_run(out, "overwrite") as active:
+            good, failed = f"{active.part_prefix}-00000-1-aaaa.snappy.parquet", f"{active.part_prefix}-00000-0-bbbb"
+            token = _task_file(out, good, "new", 4)
+            _task_file(out, failed + ".snappy.parquet", "new", 2)  # the first attempt's, staged, never named
+            assert _names(out + "/features") == before, "nothing staged is visible"
+            if ends == "kill":  # as if killed before the job's end: the process goes, its files stay staged
+                active._abandon = lambda: None
+                raise RuntimeError("kill")
+            rows = spark.createDataFrame([(good, 4, token)], "file string, rows long, token string")
+            assert active.add_task_files("features", rows) == [good]
+            staged = active.staged_features(spark)
+            check = active.check_rows(staged, staged.select("path"), 4)
+            assert (check.ok, check.rows, check.files) == (4, 4, {good: 4})
+            if ends == "fault":
+                raise RuntimeError("fault")
+            active.write_pca(staged.select("path", "label"), b"model", expected_rows=check.ok)
+            manifest = active.commit({"status": "complete"})
+    left = set(storage.list_dir(out + "/features"))
+    if ends == "commit":
+        assert [f["name"] for f in manifest["files"]["features"]] == [good]
+        assert left == {good} and _tags(spark, out) == {"new"} and _unpublished(out) == []
+        return
+    assert _tags(spark, out) == {"old"} and _names(out + "/features") == before, "the committed table, alone"
+    if ends == "fault":
+        assert not [n for n in left if "aaaa" in n or "bbbb" in n] and _unpublished(out) == [], left
+        return
+    assert len(_unpublished(out)) == 2, "staged files survive a kill -9, unseen"
+    _commit_tiny_run(spark, out, "next")  # the next run removes them when it starts
+    assert _unpublished(out) == [] and _tags(spark, out) == {"next"}
 
 
 @pytest.mark.parametrize("fail_at", [0, 1, 3, 6, 99])  # 99: past the last of the commit's storage calls

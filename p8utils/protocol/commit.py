@@ -111,6 +111,43 @@ class ActiveRun:
         self._written[table].extend(new)
         return new
 
+    @property
+    def part_prefix(self) -> str:
+        """Start of the names of the part files this run's tasks write themselves (:meth:`add_task_files`)."""
+        return f"part-{self.run_id}"
+
+    def add_task_files(self, table: str, files: DataFrame) -> List[str]:
+        """Run the tasks that stage ``table``'s part files themselves; publish and stage the files they name.
+
+        Parameters
+        ----------
+        table : str
+            ``features`` or ``pca``.
+        files : pyspark.sql.DataFrame
+            Lazy, ``file`` and ``token``: one row per part file a successful
+            task staged in the table's folder with
+            :func:`p8utils.storage.stage_object`, named with :attr:`part_prefix`
+            (:func:`p8utils.featurize.featurize_to_files`). Each is published
+            (:func:`p8utils.storage.publish_object`: a rename, or on S3 the
+            completion of its upload) once the job has succeeded. Files of
+            failed, killed or speculative attempts, which no row names, are
+            never published; they are removed when the run ends (or by the
+            next run, after a ``kill -9``).
+
+        Returns
+        -------
+        list of str
+            The names staged.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        named = sorted((row["file"], row["token"]) for row in files.select("file", "token").collect())
+        self._written[table].extend(name for name, _ in named)  # before publishing: a failure deletes them
+        folder = getattr(self.layout, table)
+        with ThreadPoolExecutor(max_workers=16) as pool:  # S3: one request each
+            list(pool.map(lambda item: storage.publish_object(storage.join(folder, item[0]), item[1]), named))
+        return [name for name, _ in named]
+
     def _read(self, spark: SparkSession, table: str, names: Iterable[str]) -> DataFrame:
         return read_parts(self.layout, table, list(names), spark)
 
@@ -257,9 +294,11 @@ class ActiveRun:
         for table in TABLES:
             folder = getattr(self.layout, table)
             names = [*self._written[table], *(f for f in self._fit_files.values() if f and table == "pca")]
+            names += [n for n in store.list_dir(folder) if n.lstrip(".").startswith(self.part_prefix)]  # tasks' others
             for name in [*names, *(f".{n}.crc" for n in names), "_temporary", "_SUCCESS"]:
                 store.delete(storage.join(folder, name))
             _drop_if_empty(store, folder)
+        storage.abort_staged(self.layout.features)
         store.delete(self.layout.staging(self.run_id))
         _drop_if_empty(store, self.layout.staging_root)
 
@@ -292,8 +331,9 @@ def vacuum(lay: RunLayout, keep: Optional[Committed]) -> None:
 
     Called under the lease: after a commit (the previous table's files), and
     when a run starts (what a gone run wrote before it could commit: part
-    files, Spark's ``_temporary``, a fit). A file's ``.crc`` checksum goes
-    with it.
+    files, Spark's ``_temporary``, a fit, the part files its tasks staged and
+    never published: hidden local files, uncompleted S3 uploads). A file's
+    ``.crc`` checksum goes with it.
     """
     store = lay.store
     for table in TABLES:
@@ -304,6 +344,7 @@ def vacuum(lay: RunLayout, keep: Optional[Committed]) -> None:
             if base not in names:
                 store.delete(storage.join(folder, name))
         _drop_if_empty(store, folder)
+    storage.abort_staged(lay.features)  # what the tasks of a run killed before its commit staged on S3
     store.delete(lay.staging_root)
 
 
