@@ -34,6 +34,7 @@ from p8utils.images import (
     DEFAULT_IMAGES_PER_PARTITION,
     DEFAULT_MAX_PIXELS,
     READERS,
+    images_per_task,
     normalise_extensions,
 )
 from p8utils.models import DEFAULT_IMAGE_SIZE, IMAGE_SIZES, MODELS, WEIGHT_MODES, get_spec
@@ -135,9 +136,10 @@ class RunConfig:
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=_param(
         "images declaring more pixels are reported as error 'too_large', never decoded", kind="int",
         check=lambda n, v: check_int(n, v, 1, example=DEFAULT_MAX_PIXELS)))
-    images_per_partition: int = field(default=DEFAULT_IMAGES_PER_PARTITION, metadata=_param(
+    images_per_partition: Optional[int] = field(default=None, metadata=_param(
         "target images per Spark task: fewer, larger tasks amortise the per-task cost; never fewer tasks than "
-        "cores", kind="int", check=lambda n, v: check_int(n, v, 1, example=DEFAULT_IMAGES_PER_PARTITION)))
+        f"cores; None: {DEFAULT_IMAGES_PER_PARTITION} at 224 px, scaled with the input's pixels (1,394 at 96)",
+        kind="int", check=lambda n, v: check_int(n, v, 1, optional=True, example=DEFAULT_IMAGES_PER_PARTITION)))
     reader: str = field(default="auto", metadata=_param(
         "how files are listed and read: 'python' (local folders: os.scandir; s3:// folders: ListObjectsV2, one "
         "request per 1,000 objects; each Python worker reads its files, one GetObject per S3 object), 'spark' "
@@ -192,6 +194,14 @@ class RunConfig:
     def names(cls) -> Tuple[str, ...]:
         """Return the parameter names, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def task_images(self) -> int:
+        """Images per Spark task: ``images_per_partition``, or the default for ``image_size``.
+
+        See :func:`p8utils.images.images_per_task`.
+        """
+        return images_per_task(self.image_size, self.images_per_partition)
 
     @property
     def is_local(self) -> bool:

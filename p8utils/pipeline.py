@@ -271,8 +271,8 @@ class _Batch(_Job):
         spark = listing.frame.sparkSession
         parallelism = spark.sparkContext.defaultParallelism
         plan = plan_incremental(_tallies(self.previous, listing), listing.n_files,
-                                lambda n: images.task_count(n, config.images_per_partition, parallelism),
-                                max_feature_files(listing.n_files, config.images_per_partition, parallelism))
+                                lambda n: images.task_count(n, config.task_images, parallelism),
+                                max_feature_files(listing.n_files, config.task_images, parallelism))
         log.info("featurizing %d files, %d reused, %d removed, %d files rewritten%s", plan.featurized, plan.reused,
                  plan.removed, len(plan.rewritten_files), ", compacting" if plan.compacted else "")
         return plan
@@ -553,7 +553,7 @@ def _stage_features(
             active.write_features(prev.where(F.col("_file").isin(*plan.rewritten_files)).join(
                 F.broadcast(gone), "path", "left_anti").select(*FEATURE_COLUMNS))
     spark = todo.sparkSession
-    tasks = images.task_count(n_todo, config.images_per_partition, spark.sparkContext.defaultParallelism)
+    tasks = images.task_count(n_todo, config.task_images, spark.sparkContext.defaultParallelism)
     settings = FeaturizeSettings(config.batch_size, config.engine, None, config.max_pixels)
     extra = dict(model_builds=builds, calibration=_calibration(config, listing, bundle, spark))
     folder = active.layout.features
