@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
-__all__ = ["RECOMMENDED_CONF", "get_spark", "ensure_java", "skip_unchanged_zip_rescans"]
+__all__ = ["RECOMMENDED_CONF", "get_spark", "ensure_java", "skip_unchanged_zip_rescans", "wait_for_running_tasks"]
 
 #: Settings the pipeline relies on. Applied to sessions this module builds;
 #: on EMR the same keys are set by ``bootstrap/configurations.json``.
@@ -158,3 +158,27 @@ def skip_unchanged_zip_rescans() -> None:
 
     invalidate_caches._p8utils = True  # type: ignore[attr-defined]
     zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]  # novermin
+
+
+def wait_for_running_tasks(spark: SparkSession, timeout_s: float = 15.0) -> bool:
+    """Wait until no task runs on any executor (at most ``timeout_s``); tell whether none runs.
+
+    A failed or cancelled job returns to the driver while its other tasks are
+    still being killed: a Python task can go on for seconds (until
+    ``spark.python.task.killTimeout``) and write a file after the caller
+    cleaned up. Call this before cleaning up after such a job.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    tracker = spark.sparkContext._jsc.sc().statusTracker()  # the Scala tracker: running tasks per executor
+    while True:
+        try:
+            running = sum(int(e.numRunningTasks()) for e in tracker.getExecutorInfos())
+        except Exception:  # noqa: BLE001 - a stopped context: nothing runs any more
+            return True
+        if running == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)

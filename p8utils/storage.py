@@ -343,6 +343,7 @@ def stage_object(uri: str, data: bytes, endpoint: Optional[str] = None) -> str:
             hidden.parent.mkdir(parents=True, exist_ok=True)
             hidden.write_bytes(data)
         except OSError as exc:  # Python's write errors name no file: name it (the run's message says which device)
+            hidden.unlink(missing_ok=True)  # what a full disk let through
             raise OSError(exc.errno, exc.strerror, str(hidden)) from exc
         return hidden.name
     _, bucket, key = split_s3(uri)

@@ -38,6 +38,7 @@ from p8utils.protocol.rowcheck import (
     check_rows_arrow,
     rows_per_file,
 )
+from p8utils.spark import wait_for_running_tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -141,7 +142,13 @@ class ActiveRun:
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        named = sorted((row["file"], row["token"]) for row in files.select("file", "token").collect())
+        try:
+            found = files.select("file", "token").collect()
+        except BaseException:  # the job failed or was interrupted: let its other tasks end before the clean-up
+            if not wait_for_running_tasks(files.sparkSession):
+                log.warning("tasks still ran 15 s after the job ended; the next run deletes what they stage")
+            raise
+        named = sorted((row["file"], row["token"]) for row in found)
         self._written[table].extend(name for name, _ in named)  # before publishing: a failure deletes them
         folder = getattr(self.layout, table)
         with ThreadPoolExecutor(max_workers=16) as pool:  # S3: one request each
