@@ -79,6 +79,7 @@ _MARK_BY_NAME = {
         # their fixture `target` asks for `spark` / `s3_spark` at run time (request.getfixturevalue)
         "test_runs.py::test_commit_names_the_files_and_deletes_what_it_no_longer_names",
         "test_runs.py::test_a_commit_killed_at_any_step_shows_the_old_or_the_new_table",
+        "test_runs.py::test_task_staged_files_commit_only_what_the_tasks_name",
     ),
     "heavy": (
         "test_cli.py::test_check_command",  # TensorFlow in a subprocess
