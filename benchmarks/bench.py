@@ -33,6 +33,7 @@ p8utils' public API; it needs p8utils installed with its ``spark`` and ``tf`` ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import multiprocessing as mp
@@ -40,11 +41,12 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -92,6 +94,89 @@ def prepare_input(source: Path, min_images: int, workdir: Path) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, dest)
     return target
+
+
+#: The bucket and prefix of ``--s3``'s copy of the input on the emulator.
+_S3_INPUT = "s3://p8-bench/input"
+
+
+@contextlib.contextmanager
+def s3_copy(folder: Path) -> Iterator[Tuple[str, psutil.Process]]:
+    """Serve a copy of ``folder`` from moto's S3 server on 127.0.0.1 (``--s3``); yield its URI and the server.
+
+    The server is a subprocess on this machine's cores (its CPU is measured apart). The AWS
+    variables that point boto3 at it are set in this process for the duration, before Spark
+    starts: its Python workers inherit them (credentials), and p8utils ships the endpoint.
+    """
+    import socket
+
+    import boto3
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        raise SystemExit(f"bench: --s3 could not start moto's server ({exc}). Fix: make install") from exc
+    os.environ.update(env)
+    try:
+        bucket, _, prefix = _S3_INPUT[len("s3://"):].partition("/")
+        client = boto3.client("s3", endpoint_url=url, region_name=env["AWS_DEFAULT_REGION"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("bench: moto's server did not start. Fix: make install (moto[server])") from None
+                time.sleep(0.2)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda f: client.put_object(Bucket=bucket, Key=f"{prefix}/{f.relative_to(folder).as_posix()}",
+                                                      Body=f.read_bytes()), files))
+        yield _S3_INPUT, psutil.Process(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of a process so far."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def sample_run(workdir: Path, weights: str) -> Dict[str, Any]:
+    """Run the CLI on the repository's sample in a fresh process (``make run``'s job); return its stage timings.
+
+    What every small or incremental run pays besides featurize and the weights: the
+    sum of ``list_images``, ``check``, ``pca_fit`` and ``pca_transform``.
+    """
+    out = workdir / "sample-run"
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "p8utils", "run", "--input", str(_REPO_SAMPLE), "--output", str(out),
+                           "--weights", weights, "--no-explorer", "--mode", "overwrite"],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout)[-2000:], "wall_s": wall}
+    timings = json.loads((out / "manifest.json").read_text())["timings_s"]
+    fixed = {k: v for k, v in timings.items() if k not in ("featurize", "weights")}
+    return {"timings_s": timings, "fixed_s": fixed, "fixed_sum_s": sum(fixed.values()), "wall_s": wall}
 
 
 def _preprocessed(files: Sequence[Path], spec: models.ModelSpec) -> np.ndarray:
@@ -223,7 +308,7 @@ def _timed_runs(run: Callable[[], None], repeats: int, warmup: int = 1) -> List[
     return times
 
 
-def pipeline_throughput(spark, folder: Path, out: Path, repeats: int, warmup: int = 1,
+def pipeline_throughput(spark, folder: Union[Path, str], out: Path, repeats: int, warmup: int = 1,
                         **parameters: Any) -> Dict[str, Any]:
     """Images/s of :func:`p8utils.pipeline.run` on ``folder`` (``mode="overwrite"``, other ``RunConfig`` fields).
 
@@ -453,6 +538,28 @@ def _table(result: Dict[str, Any]) -> str:
             lines.append(f"  {name}: engine+decode limit {r['engine_decode_limit_img_per_s']:.1f} img/s "
                          f"({result['cores']} cores / (engine + decode) per image), pipeline / limit "
                          f"{r['pipeline_over_limit']:.2f}")
+            if "s3_pipeline_over_limit" in r:
+                s3 = result["configs"][name]["pipeline_s3"]
+                lines.append(f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
+                             f"{r['s3_pipeline_over_limit']:.2f}; the emulator used "
+                             f"{s3['emulator_cpu_ms_per_image']:.2f} CPU ms per image "
+                             f"({r['s3_emulator_cores']:.2f} of the {result['cores']} cores): / the "
+                             f"limit on the cores it left {r['s3_pipeline_over_limit_on_cores_left']:.2f}")
+    for name, c in result["configs"].items():
+        for key, where in (("pipeline", "local"), ("pipeline_s3", "s3")):
+            if key in c:
+                stages = _fixed_stages(c[key]["timings_s"])
+                lines.append(f"  {name} ({where}): fixed-cost stages (median s) "
+                             + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                             + f"; sum {sum(stages.values()):.2f}")
+    sample = result.get("sample_run", {})
+    if "fixed_s" in sample:
+        lines.append("sample run (python -m p8utils run on data_sample, a fresh process): stages besides featurize and "
+                     "weights " + ", ".join(f"{k} {v:.2f}" for k, v in sample["fixed_s"].items())
+                     + f" s; sum {sample['fixed_sum_s']:.2f} s (featurize {sample['timings_s']['featurize']:.2f}, "
+                     f"weights {sample['timings_s'].get('weights', 0):.2f}, whole command {sample['wall_s']:.1f} s)")
+    elif sample:
+        lines.append(f"sample run failed: {sample.get('error', '')[-300:]}")
     if result["weights"] == "offline":
         lines.append("  probe on offline weights: it cannot judge input sizes or engines (ImageNet weights keep 100 % "
                      "at 96-224 px on Fruits-360, README > Performance); run with --weights imagenet to judge them")
@@ -478,6 +585,12 @@ def _table(result: Dict[str, Any]) -> str:
         mark = {True: "ok  ", False: "MISS", None: "n/a "}[t["met"]]
         lines.append(f"  [{mark}] {t['what']}: {t['value']}")
     return "\n".join(lines)
+
+
+def _fixed_stages(timings: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Median seconds of each stage a run pays whatever its size (all but ``featurize`` and ``weights``)."""
+    names = [k for k in timings[0] if k not in ("featurize", "weights")]
+    return {k: statistics.median(t.get(k, 0.0) for t in timings) for k in names}
 
 
 def _targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -511,6 +624,15 @@ def _targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     big = result["pca"].get("100k")
     cov = big["covariance"]["median_s"] if big and "covariance" in big else None
     add("PCA fit on 100,000 x 1280 <= 10 s (covariance, the default)", cov, None if cov is None else cov <= 10.0)
+    for name, r in result.get("ratios", {}).items():
+        for key, where in (("pipeline_over_limit", "a local folder"),
+                           ("s3_pipeline_over_limit", result.get("s3_input"))):
+            if key in r:
+                add(f"{name} pipeline / engine+decode limit >= 0.9, {where}", r[key], r[key] >= 0.9)
+    sample = result.get("sample_run", {})
+    fixed = sample.get("fixed_sum_s")
+    add("sample run's stages besides featurize and weights <= 10 s", fixed,
+        None if fixed is None else fixed <= 10.0, "{:.2f} s")
     rss = result["memory"]["python_worker_peak_mb"]
     add("Python worker peak RSS <= 1.5 GiB with any engine (MiB)", rss, rss <= _TARGETS["worker_rss_mb"], "{:.0f}")
     return out
@@ -556,6 +678,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tflite at 224 and 96, tflite-int8 at 96, one repeat, no warm-up, "
                         "small measures, 20 probe iterations")
+    parser.add_argument("--s3", action="store_true",
+                        help="also run each configuration's pipeline on an s3:// copy of the input, served by moto's "
+                        "S3 server on this machine (its CPU is measured and reported apart)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default runs/bench-*.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -570,9 +695,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from p8utils.spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="p8bench-"))
+    stack = contextlib.ExitStack()
     try:
         folder = prepare_input(args.input, args.min_images, work)
         distinct_only = folder != args.input  # repeated copies: probe the first copy of each photo only
+        s3_input, emulator = stack.enter_context(s3_copy(folder)) if args.s3 else (None, None)
         spark = get_spark(args.master, app_name="p8utils-bench",
                           conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
         cores = spark.sparkContext.defaultParallelism
@@ -605,10 +732,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             entry["pipeline"] = pipeline_throughput(spark, folder, work / "runs" / name.replace(":", "-"),
                                                     args.repeats, args.warmups, weights=args.weights, engine=engine,
                                                     image_size=size, batch_size=args.batch_size, k=10)
+            if emulator is not None:
+                before = _cpu_s(emulator)
+                s3_out = work / "runs" / (name.replace(":", "-") + "-s3")
+                entry["pipeline_s3"] = pipeline_throughput(spark, s3_input, s3_out, args.repeats, args.warmups,
+                                                           weights=args.weights, engine=engine, image_size=size,
+                                                           batch_size=args.batch_size, k=10)
+                runs_done = entry["pipeline_s3"]["images"] * (args.repeats + args.warmups)
+                entry["pipeline_s3"]["emulator_cpu_ms_per_image"] = 1000 * (_cpu_s(emulator) - before) / runs_done
+            # the engine again after the pipeline: the limit is the mean of both, so a drift of this VM's speed
+            # during the pipeline's runs moves both sides of the ratio
+            entry["raw_after"] = raw_throughput(bundle, engine, x, args.batch_size, args.repeats, cores, calibration)
             entry["python_worker_peak_mb"] = memory_snapshot()["python_worker_peak_mb"]
             results[name] = entry
-            print(f"bench: {name}: raw {entry['raw']['best']:.1f}, pipeline {entry['pipeline']['img_per_s']:.1f} "
-                  f"img/s", flush=True)
+            print(f"bench: {name}: raw {entry['raw']['best']:.1f} / {entry['raw_after']['best']:.1f} (before / after), "
+                  f"pipeline {entry['pipeline']['img_per_s']:.1f} img/s"
+                  + (f", from s3:// {entry['pipeline_s3']['img_per_s']:.1f}" if "pipeline_s3" in entry else ""),
+                  flush=True)
         ref_path = results[_name(*_REFERENCE)]["pipeline"]["features_path"]
         seeds_list = list(range(args.probe_seeds))
         for name, entry in results.items():
@@ -637,7 +777,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result: Dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform()},
-            "master": args.master, "cores": cores, "images": ref["pipeline"]["images"], "input": str(args.input),
+            "master": args.master, "cores": cores, "s3_input": s3_input,
+            "images": ref["pipeline"]["images"], "input": str(args.input),
             "batch_size": args.batch_size, "repeats": args.repeats, "weights": bundles[sizes[0]].source,
             "reference": _name(*_REFERENCE), "probe_seeds": seeds_list, "probe_n_test": ref["probe"]["n_test"],
             "probe_distinct_photos_only": distinct_only,
@@ -648,6 +789,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Python workers come and go (idle ones are stopped): the peak is the largest seen after any configuration
         result["memory"]["python_worker_peak_mb"] = max(
             [result["memory"]["python_worker_peak_mb"]] + [c["python_worker_peak_mb"] for c in results.values()])
+        result["sample_run"] = sample_run(work, args.weights)
         if not args.skip_seeds:  # last, and its workers' peak apart: the seeds' method is not one of the engines
             result["seeds"] = seeds_throughput(spark, folder, bundles[_REFERENCE[1]], work / "seeds",
                                                max(1, args.repeats - 1), args.seeds_partitions, args.warmups)
@@ -663,6 +805,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"bench: JSON -> {target}")
         return 0
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -670,12 +813,14 @@ def engine_decode_limit(result: Dict[str, Any], config: Dict[str, Any]) -> float
     """Return what the cores can do if only the engine and the decode ran, img/s: cores / (engine + decode s).
 
     The engine's seconds per image on one core come from its ``cores`` × 1
-    thread measure (``raw.per_core``: ``cores / per_core``); the decode's
+    thread measure (``cores / per_core``; the mean of the measures before and
+    after the pipeline's runs, ``raw`` and ``raw_after``); the decode's
     (decode + resize + preprocess) from the one-core profile at its size.
     """
     cores = result["cores"]
     p = result["profile_ms_per_image_one_core"][str(config["size"])]
-    return cores / (cores / config["raw"]["per_core"] + (p["decode_resize_ms"] + p["preprocess_ms"]) / 1000)
+    per_core = statistics.mean(config[k]["per_core"] for k in ("raw", "raw_after") if k in config)
+    return cores / (cores / per_core + (p["decode_resize_ms"] + p["preprocess_ms"]) / 1000)
 
 
 def _ratios(result: Dict[str, Any]) -> Dict[str, Any]:
@@ -691,6 +836,13 @@ def _ratios(result: Dict[str, Any]) -> Dict[str, Any]:
                      "probe_points_vs_fp32_224": 100 * (c["probe"]["mean_accuracy"]
                                                         - configs[result["reference"]]["probe"]["mean_accuracy"]),
                      "engine_decode_limit_img_per_s": limit, "pipeline_over_limit": pipe / limit}
+        if "pipeline_s3" in c:
+            s3 = c["pipeline_s3"]
+            # the emulator serves its GETs on the same cores: what it used, it took from the pipeline
+            emulator_cores = s3["emulator_cpu_ms_per_image"] * s3["img_per_s"] / 1000
+            out[name].update(s3_pipeline_over_limit=s3["img_per_s"] / limit, s3_emulator_cores=emulator_cores,
+                             s3_pipeline_over_limit_on_cores_left=s3["img_per_s"] / (
+                                 limit * max(result["cores"] - emulator_cores, 1e-9) / result["cores"]))
     fastest = result.get("fastest_within_probe")
     out["fastest_within_probe"] = {"config": fastest, "over_seeds": out[fastest]["pipeline_over_seeds"]
                                    if fastest else None}

@@ -54,7 +54,7 @@ def bench_run(tmp_path_factory, sample_dir):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--input", str(tiny), "--min-images", str(MIN_IMAGES),
-         "--batch-size", "8", "--json", str(out)],
+         "--batch-size", "8", "--s3", "--json", str(out)],
         capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,7 +67,8 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
     assert set(result) == {"machine", "master", "cores", "images", "input", "batch_size", "repeats", "weights",
                            "reference", "probe_seeds", "probe_n_test", "probe_distinct_photos_only", "configs",
                            "fastest_within_probe", "profile_ms_per_image_one_core", "spark_io_noop", "pca", "memory",
-                           "seeds", "ratios", "targets"}
+                           "seeds", "ratios", "targets", "s3_input", "sample_run"}
+    assert result["s3_input"] == "s3://p8-bench/input"
     assert result["reference"] == "tflite:224" and result["repeats"] == 1 and result["batch_size"] == 8
     assert result["images"] == RUN_IMAGES and result["probe_distinct_photos_only"] is True
     configs = result["configs"]
@@ -75,20 +76,24 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
     ref = configs["tflite:224"]
     for name, c in configs.items():
         int8 = c["engine"] == "tflite-int8"
-        expected = {"engine", "size", "raw", "pipeline", "python_worker_peak_mb", "probe"}
+        expected = {"engine", "size", "raw", "raw_after", "pipeline", "pipeline_s3", "python_worker_peak_mb", "probe"}
         expected |= {"int8_prepare_s", "int8_from_cache", "cosine_vs_fp32_same_size"} if int8 else set()
         expected |= {"cosine_vs_reference"} if name != "tflite:224" else set()
         assert set(c) == expected, name
         assert f"{c['engine']}:{c['size']}" == name
         raw, pipe, pr = c["raw"], c["pipeline"], c["probe"]
-        assert set(raw) == {"one_process", "per_core", "best"} and raw["best"] == max(raw["one_process"],
-                                                                                      raw["per_core"]) > 0
-        assert pipe["images"] == RUN_IMAGES and len(pipe["timings_s"]) == 1, name  # one timed run
-        timings = pipe["timings_s"][0]
-        assert _close(pipe["featurize_s"], timings["featurize"]) and pipe["featurize_s"] > 0
-        assert _close(pipe["run_s"], sum(v for k, v in timings.items() if k != "weights"))
-        assert _close(pipe["img_per_s"], RUN_IMAGES / pipe["featurize_s"])
-        assert _close(pipe["run_img_per_s"], RUN_IMAGES / pipe["run_s"])
+        for measure in (raw, c["raw_after"]):
+            assert set(measure) == {"one_process", "per_core", "best"}
+            assert measure["best"] == max(measure["one_process"], measure["per_core"]) > 0
+        for run in (pipe, c["pipeline_s3"]):
+            assert run["images"] == RUN_IMAGES and len(run["timings_s"]) == 1, name  # one timed run
+            timings = run["timings_s"][0]
+            assert _close(run["featurize_s"], timings["featurize"]) and run["featurize_s"] > 0
+            assert _close(run["run_s"], sum(v for k, v in timings.items() if k != "weights"))
+            assert _close(run["img_per_s"], RUN_IMAGES / run["featurize_s"])
+            assert _close(run["run_img_per_s"], RUN_IMAGES / run["run_s"])
+        assert pipe["features_path"] != c["pipeline_s3"]["features_path"]
+        assert c["pipeline_s3"]["emulator_cpu_ms_per_image"] > 0  # the emulator served the input
         assert pr["max_iter"] == 20 and pr["seeds"] == [0] and pr["n_test"] == 8  # --quick; distinct photos only
         assert pr["n_train"] + pr["n_test"] == TINY_IMAGES and pr["n_classes"] == 8
         assert _close(pr["mean_accuracy"], sum(pr["accuracy"]) / len(pr["accuracy"])) and 0 <= pr["mean_accuracy"] <= 1
@@ -109,12 +114,20 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
         pipe = c["pipeline"]["img_per_s"]
         assert set(ratios[name]) == {"pipeline_over_raw", "pipeline_over_fp32_224", "pipeline_over_seeds",
                                      "probe_points_vs_fp32_224", "engine_decode_limit_img_per_s",
-                                     "pipeline_over_limit"}
+                                     "pipeline_over_limit", "s3_pipeline_over_limit", "s3_emulator_cores",
+                                     "s3_pipeline_over_limit_on_cores_left"}
         prof = result["profile_ms_per_image_one_core"][str(c["size"])]
-        limit = result["cores"] / (result["cores"] / c["raw"]["per_core"]
-                                   + (prof["decode_resize_ms"] + prof["preprocess_ms"]) / 1000)
-        assert limit < c["raw"]["per_core"] and _close(ratios[name]["engine_decode_limit_img_per_s"], limit)
+        per_core = (c["raw"]["per_core"] + c["raw_after"]["per_core"]) / 2  # the engine before and after the runs
+        decode_s = (prof["decode_resize_ms"] + prof["preprocess_ms"]) / 1000
+        limit = result["cores"] / (result["cores"] / per_core + decode_s)
+        assert limit < per_core and _close(ratios[name]["engine_decode_limit_img_per_s"], limit)
         assert _close(ratios[name]["pipeline_over_limit"], pipe / limit)
+        s3 = c["pipeline_s3"]
+        emulator_cores = s3["emulator_cpu_ms_per_image"] * s3["img_per_s"] / 1000
+        assert _close(ratios[name]["s3_pipeline_over_limit"], s3["img_per_s"] / limit)
+        assert _close(ratios[name]["s3_emulator_cores"], emulator_cores)
+        assert _close(ratios[name]["s3_pipeline_over_limit_on_cores_left"],
+                      s3["img_per_s"] / (limit * max(result["cores"] - emulator_cores, 1e-9) / result["cores"]))
         assert _close(ratios[name]["pipeline_over_raw"], pipe / c["raw"]["best"])
         assert _close(ratios[name]["pipeline_over_fp32_224"], pipe / ref["pipeline"]["img_per_s"])
         assert _close(ratios[name]["pipeline_over_seeds"], pipe / seeds["img_per_s"])
@@ -146,8 +159,12 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
     assert _close(result["spark_io_noop"]["img_per_s"], RUN_IMAGES / result["spark_io_noop"]["seconds"][0])
 
     # the targets: each value is the measured one, each verdict follows from it (None where --quick measures nothing)
+    sample = result["sample_run"]  # python -m p8utils run on data_sample, in a fresh process
+    assert set(sample) == {"timings_s", "fixed_s", "fixed_sum_s", "wall_s"}, sample.get("error")
+    assert set(sample["fixed_s"]) == set(sample["timings_s"]) - {"featurize", "weights"} >= {"list_images", "check"}
+    assert _close(sample["fixed_sum_s"], sum(sample["fixed_s"].values())) and sample["wall_s"] > sample["fixed_sum_s"]
     targets = result["targets"]
-    assert len(targets) == 7 and all(set(t) == {"what", "value", "met", "raw_value"} for t in targets)
+    assert len(targets) == 14 and all(set(t) == {"what", "value", "met", "raw_value"} for t in targets)
     expected = [
         (ref["pipeline"]["img_per_s"] / ref["raw"]["best"], lambda v: v >= 0.9),
         (None, None),  # int8 at 224: not in --quick
@@ -155,6 +172,9 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
         (configs[fastest]["pipeline"]["img_per_s"] / seeds["img_per_s"], lambda v: v >= 8.0),
         (configs[fastest]["pipeline"]["img_per_s"], lambda v: v >= 400.0),
         (None, None),  # PCA on 100k rows: not in --quick
+        *[(value, lambda v: v >= 0.9) for name in configs
+          for value in (ratios[name]["pipeline_over_limit"], ratios[name]["s3_pipeline_over_limit"])],
+        (sample["fixed_sum_s"], lambda v: v <= 10.0),
         (memory["python_worker_peak_mb"], lambda v: v <= 1.5 * 1024),
     ]
     for target, (value, rule) in zip(targets, expected):
@@ -163,6 +183,9 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
         else:
             assert _close(target["raw_value"], value) and target["met"] is rule(value), target
     assert fastest in targets[3]["what"]
+    assert [t["what"] for t in targets[6:12]] == [
+        f"{name} pipeline / engine+decode limit >= 0.9, {where}"
+        for name in configs for where in ("a local folder", result["s3_input"])]
 
 
 @pytest.mark.slow
@@ -188,6 +211,20 @@ def test_bench_table_prints_the_json(bench_run):
         assert (f"  {name}: engine+decode limit {r['engine_decode_limit_img_per_s']:.1f} img/s ({result['cores']} "
                 f"cores / (engine + decode) per image), pipeline / limit {r['pipeline_over_limit']:.2f}"
                 ) in stdout.splitlines(), name
+        s3 = configs[name]["pipeline_s3"]
+        assert (f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
+                f"{r['s3_pipeline_over_limit']:.2f}; the emulator used {s3['emulator_cpu_ms_per_image']:.2f} CPU ms "
+                f"per image ({r['s3_emulator_cores']:.2f} of the {result['cores']} cores): / the limit on the cores it "
+                f"left {r['s3_pipeline_over_limit_on_cores_left']:.2f}") in stdout.splitlines(), name
+        for key, where in (("pipeline", "local"), ("pipeline_s3", "s3")):
+            stages = {k: v for k, v in configs[name][key]["timings_s"][0].items() if k not in ("featurize", "weights")}
+            assert (f"  {name} ({where}): fixed-cost stages (median s) "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + f"; sum {sum(stages.values()):.2f}"
+                    ) in stdout.splitlines(), (name, where)
+    sample = result["sample_run"]
+    assert _line_starting(stdout, "sample run (python -m p8utils run on data_sample").endswith(
+        f"s; sum {sample['fixed_sum_s']:.2f} s (featurize {sample['timings_s']['featurize']:.2f}, weights "
+        f"{sample['timings_s'].get('weights', 0):.2f}, whole command {sample['wall_s']:.1f} s)")
     assert result["weights"] == "offline" and "probe on offline weights: it cannot judge input sizes" in stdout
     assert _line_starting(stdout, "seeds method").split()[-2:] == [f"{seeds:.1f}", "img/s"]
     for label, p in result["pca"].items():
