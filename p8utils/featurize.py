@@ -432,7 +432,10 @@ def _write_task(batches: Iterator[Any], payload_fn: Callable[[], object], settin
         table = pa.concat_tables(held)
         held.clear()
         if writer is None:
-            writer = pq.ParquetWriter(sink, table.schema, compression="snappy", use_compliant_nested_type=True)
+            # no dictionary for the features: 1,280 distinct floats a row never fit one, and trying costs
+            # (1,394 rows: 37 -> 20 ms to write, 6.5 -> 5.9 MB)
+            writer = pq.ParquetWriter(sink, table.schema, compression="snappy", use_compliant_nested_type=True,
+                                      use_dictionary=[c for c in columns if c != "features"])
         writer.write_table(table, row_group_size=table.num_rows)
 
     for batch in batches:
