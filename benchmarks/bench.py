@@ -154,6 +154,31 @@ def s3_copy(folder: Path) -> Iterator[Tuple[str, psutil.Process]]:
                 os.environ[k] = v
 
 
+#: CPU flags that decide whether int8 kernels gain (XNNPACK's QS8 kernels: VNNI dot products, AMX tiles).
+_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: Flags reported next to them (the SIMD width the fp32 kernels use).
+_SIMD_FLAGS = ("avx2", "avx512f", "avx512bw")
+
+
+def cpu_int8(cpuinfo: Optional[str] = None) -> Dict[str, Any]:
+    """Return the CPU's model and flags that say whether ``tflite-int8`` can gain here (Linux ``/proc/cpuinfo``).
+
+    ``int8_can_gain`` is True with AVX-512 VNNI, AVX-VNNI or AMX (Intel m5/c5 and later, AMD Zen 4), False
+    without them (int8 then runs at fp32 speed and only halves the memory), None where the flags are unknown.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"cpu_model": platform.processor(), "cpu_flags": None, "int8_can_gain": None}
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    known = [f for f in (*_SIMD_FLAGS, *_INT8_FLAGS) if f in flags]
+    return {"cpu_model": fields.get("model name", platform.processor()), "cpu_flags": known,
+            "int8_can_gain": bool(flags & set(_INT8_FLAGS)) if flags else None}
+
+
 def _cpu_s(process: psutil.Process) -> float:
     """User + system CPU seconds of a process so far."""
     times = process.cpu_times()
@@ -570,6 +595,13 @@ def _table(result: Dict[str, Any]) -> str:
                      "at 96-224 px on Fruits-360, README > Performance); run with --weights imagenet to judge them")
     if seeds:
         lines.append(f"{'seeds method (keras:224, rebuild/task, predict, repartition)':62} {seeds:8.1f} img/s")
+    machine = result["machine"]
+    verdict = {True: "tflite-int8 can gain here (VNNI/AMX int8 kernels)",
+               False: "tflite-int8 cannot gain here: no " + "/".join(_INT8_FLAGS) + " (int8 runs at fp32 speed, "
+                      "half the memory)",
+               None: "int8 flags unknown on this platform"}[machine.get("int8_can_gain")]
+    lines.append(f"CPU: {machine.get('cpu_model')}; flags {', '.join(machine.get('cpu_flags') or []) or 'unknown'}: "
+                 + verdict)
     lines.append(f"Spark read+Arrow+parquet with a no-op UDF: {result['spark_io_noop']['img_per_s']:.0f} img/s")
     for size, p in result["profile_ms_per_image_one_core"].items():
         lines.append(f"per image on one core at {size}: decode+resize {p['decode_resize_ms']:.2f} ms, "
@@ -781,7 +813,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                       for m in pca.PCA_METHODS), flush=True)
         result: Dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+                        "platform": platform.platform(), **cpu_int8()},
             "master": args.master, "cores": cores, "s3_input": s3_input,
             "images": ref["pipeline"]["images"], "input": str(args.input),
             "batch_size": args.batch_size, "repeats": args.repeats, "weights": bundles[sizes[0]].source,
