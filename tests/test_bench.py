@@ -69,6 +69,10 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
                            "fastest_within_probe", "profile_ms_per_image_one_core", "spark_io_noop", "pca", "memory",
                            "seeds", "ratios", "targets", "s3_input", "sample_run"}
     assert result["s3_input"] == "s3://p8-bench/input"
+    machine = result["machine"]
+    assert {"cpus", "python", "platform", "cpu_model", "cpu_flags", "int8_can_gain"} <= set(machine)
+    if machine["cpu_flags"]:  # Linux: the int8 verdict follows from the flags it read
+        assert machine["int8_can_gain"] is bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(machine["cpu_flags"]))
     assert result["reference"] == "tflite:224" and result["repeats"] == 1 and result["batch_size"] == 8
     assert result["images"] == RUN_IMAGES and result["probe_distinct_photos_only"] is True
     configs = result["configs"]
@@ -188,6 +192,22 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
         for name in configs for where in ("a local folder", result["s3_input"])]
 
 
+def machine_verdict(machine) -> str:
+    return {True: "tflite-int8 can gain here", False: "tflite-int8 cannot gain here",
+            None: "int8 flags unknown"}[machine["int8_can_gain"]]
+
+
+def test_cpu_int8_reads_the_flags_that_decide_int8():
+    bench = _load_bench()
+    vnni = bench.cpu_int8("processor : 0\nmodel name : Intel Xeon Platinum 8375C\n"
+                          "flags : fpu avx2 avx512f avx512_vnni\n")
+    assert vnni == {"cpu_model": "Intel Xeon Platinum 8375C", "cpu_flags": ["avx2", "avx512f", "avx512_vnni"],
+                    "int8_can_gain": True}
+    avx2 = bench.cpu_int8("model name : AMD EPYC 7R32\nflags : fpu sse2 avx avx2 fma\n")
+    assert avx2["cpu_flags"] == ["avx2"] and avx2["int8_can_gain"] is False
+    assert bench.cpu_int8("")["int8_can_gain"] is None  # no flags line: unknown, not "cannot"
+
+
 @pytest.mark.slow
 def test_bench_table_prints_the_json(bench_run):
     """The printed table is the JSON: every configuration row, the seeds', PCA and target lines, number by number."""
@@ -225,6 +245,8 @@ def test_bench_table_prints_the_json(bench_run):
     assert _line_starting(stdout, "sample run (python -m p8utils run on data_sample").endswith(
         f"s; sum {sample['fixed_sum_s']:.2f} s (featurize {sample['timings_s']['featurize']:.2f}, weights "
         f"{sample['timings_s'].get('weights', 0):.2f}, whole command {sample['wall_s']:.1f} s)")
+    cpu_line = _line_starting(stdout, "CPU: ")
+    assert machine_verdict(result["machine"]) in cpu_line and str(result["machine"]["cpu_model"]) in cpu_line
     assert result["weights"] == "offline" and "probe on offline weights: it cannot judge input sizes" in stdout
     assert _line_starting(stdout, "seeds method").split()[-2:] == [f"{seeds:.1f}", "img/s"]
     for label, p in result["pca"].items():
