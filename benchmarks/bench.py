@@ -479,7 +479,11 @@ def probe_scores(spark, features_path: str, seeds: Sequence[int], distinct_only:
     df = spark.read.parquet(features_path)
     if distinct_only:
         df = df.where(F.col("path").rlike("/000_[^/]*$"))
-    runs = [probe.linear_probe(df, probe.ProbeSettings(seed=int(s), max_iter=max_iter)) for s in seeds]
+    # the split hashes each row's id: "<class>/<file>", not the path, which holds this run's random temporary
+    # folder (with it, two runs on the same photos and features split them differently)
+    df = df.withColumn("_bench_id", F.regexp_extract("path", r"([^/]+/[^/]+)$", 1))
+    runs = [probe.linear_probe(df, probe.ProbeSettings(seed=int(s), max_iter=max_iter, id_col="_bench_id"))
+            for s in seeds]
     return {"seeds": list(seeds), "max_iter": int(max_iter), "accuracy": [r.accuracy for r in runs],
             "macro_f1": [r.macro_f1 for r in runs],
             "mean_accuracy": float(np.mean([r.accuracy for r in runs])),

@@ -267,6 +267,25 @@ def test_prepare_input_repeats_to_the_minimum(tmp_path, sample_dir):
     assert prepare_input(sample_dir, 10, tmp_path / "x") == sample_dir
 
 
+def test_probe_scores_do_not_depend_on_where_the_input_was_copied(spark, tmp_path):
+    """The benchmark copies its input into a fresh temporary folder each run: the same photos and features must get
+    the same split and probe, so runs compare."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    rows = [(c, i, (centres[c] + 2.0 * rng.normal(size=16)).astype(np.float32)) for c in range(4) for i in range(12)]
+    scores = []
+    for run in ("p8bench-a1b2c3", "p8bench-z9y8x7"):
+        table = pd.DataFrame({"path": [f"file:/tmp/{run}/input/class_{c}/000_img_{i}.jpg" for c, i, _ in rows],
+                              "label": [f"class_{c}" for c, _, _ in rows], "features": [f for _, _, f in rows]})
+        path = tmp_path / run
+        spark.createDataFrame(table, "path string, label string, features array<float>").write.parquet(str(path))
+        scores.append(_load_bench().probe_scores(spark, str(path), [0, 1], distinct_only=True, max_iter=50))
+    assert scores[0]["accuracy"] == scores[1]["accuracy"] and scores[0]["n_test"] == scores[1]["n_test"] > 0
+
+
 @pytest.mark.slow
 def test_cost_curve_runs_on_a_tiny_input(tmp_path, sample_dir):
     """The scale benchmark's whole sequence on 16 images (timings are never asserted, only derived from)."""
