@@ -163,7 +163,7 @@ _SIMD_FLAGS = ("avx2", "avx512f", "avx512bw")
 def cpu_int8(cpuinfo: Optional[str] = None) -> Dict[str, Any]:
     """Return the CPU's model and flags that say whether ``tflite-int8`` can gain here (Linux ``/proc/cpuinfo``).
 
-    ``int8_can_gain`` is True with AVX-512 VNNI, AVX-VNNI or AMX (Intel m5/c5 and later, AMD Zen 4), False
+    ``int8_can_gain`` is True with AVX-512 VNNI, AVX-VNNI or AMX (Intel Cascade Lake and later, AMD Zen 4), False
     without them (int8 then runs at fp32 speed and only halves the memory), None where the flags are unknown.
     """
     if cpuinfo is None:
@@ -200,7 +200,7 @@ def sample_run(workdir: Path, weights: str) -> Dict[str, Any]:
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout)[-2000:], "wall_s": wall}
     timings = json.loads((out / "manifest.json").read_text())["timings_s"]
-    fixed = {k: v for k, v in timings.items() if k not in ("featurize", "weights")}
+    fixed = _fixed_stages([timings])
     return {"timings_s": timings, "fixed_s": fixed, "fixed_sum_s": sum(fixed.values()), "wall_s": wall}
 
 
@@ -628,9 +628,13 @@ def _table(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The stages whose cost grows with the run (or that a warm cache skips); every other stage is a fixed cost.
+_SIZE_STAGES = ("featurize", "weights")
+
+
 def _fixed_stages(timings: Sequence[Dict[str, float]]) -> Dict[str, float]:
     """Median seconds of each stage a run pays whatever its size (all but ``featurize`` and ``weights``)."""
-    names = [k for k in timings[0] if k not in ("featurize", "weights")]
+    names = [k for k in timings[0] if k not in _SIZE_STAGES]
     return {k: statistics.median(t.get(k, 0.0) for t in timings) for k in names}
 
 
@@ -770,15 +774,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 entry["int8_from_cache"] = set(os.listdir(engines.cache_dir())) == before
             x = _preprocessed(files[: args.raw_images], bundle.spec)
             entry["raw"] = raw_throughput(bundle, engine, x, args.batch_size, args.repeats, cores, calibration)
+            run_params = dict(weights=args.weights, engine=engine, image_size=size, batch_size=args.batch_size, k=10)
             entry["pipeline"] = pipeline_throughput(spark, folder, work / "runs" / name.replace(":", "-"),
-                                                    args.repeats, args.warmups, weights=args.weights, engine=engine,
-                                                    image_size=size, batch_size=args.batch_size, k=10)
+                                                    args.repeats, args.warmups, **run_params)
             if emulator is not None:
                 before = _cpu_s(emulator)
                 s3_out = work / "runs" / (name.replace(":", "-") + "-s3")
                 entry["pipeline_s3"] = pipeline_throughput(spark, s3_input, s3_out, args.repeats, args.warmups,
-                                                           weights=args.weights, engine=engine, image_size=size,
-                                                           batch_size=args.batch_size, k=10)
+                                                           **run_params)
                 runs_done = entry["pipeline_s3"]["images"] * (args.repeats + args.warmups)
                 entry["pipeline_s3"]["emulator_cpu_ms_per_image"] = 1000 * (_cpu_s(emulator) - before) / runs_done
             # the engine again after the pipeline: the limit is the mean of both, so a drift of this VM's speed
