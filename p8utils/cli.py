@@ -26,7 +26,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
@@ -323,6 +322,8 @@ def _stop_spark_jobs(wait_s: float = 10.0) -> None:
         return
     from pyspark import SparkContext
 
+    from p8utils.spark import wait_for_running_tasks
+
     sc = SparkContext._active_spark_context
     if sc is None:
         return
@@ -330,33 +331,15 @@ def _stop_spark_jobs(wait_s: float = 10.0) -> None:
     def stop() -> None:
         try:
             sc.cancelAllJobs()
-            deadline = time.monotonic() + wait_s
-            while _running_tasks(sc):
-                if time.monotonic() > deadline:
-                    log.warning("Spark tasks still running %.0f s after the jobs were cancelled", wait_s)
-                    return
-                time.sleep(0.1)
         except Exception as exc:  # noqa: BLE001 - a context being stopped: nothing left to cancel
             log.warning("could not cancel the Spark jobs: %s", exc)
+            return
+        if not wait_for_running_tasks(sc, wait_s):
+            log.warning("Spark tasks still running %.0f s after the jobs were cancelled", wait_s)
 
     thread = threading.Thread(target=stop, name="p8utils-cancel-jobs", daemon=True)
     thread.start()
     thread.join(wait_s + 5.0)
-
-
-def _running_tasks(sc: Any) -> int:
-    """Count the tasks still running (killed tasks run until their cleanup ends).
-
-    In local mode, the executor's thread pool (exact); elsewhere the active
-    jobs plus the status store's running tasks per executor (updated by
-    Spark's listener, so it may lag behind).
-    """
-    if sc.master.startswith("local"):
-        source = sc._jvm.org.apache.spark.executor.Executor.executorSourceLocalModeOnly()
-        if source is not None:
-            return int(source.metricRegistry().getGauges().get("threadpool.activeTasks").getValue())
-    tracker = sc._jsc.sc().statusTracker()
-    return len(tracker.getActiveJobIds()) + sum(e.numRunningTasks() for e in tracker.getExecutorInfos())
 
 
 class _RunState:

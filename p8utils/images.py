@@ -570,12 +570,23 @@ def _spark_listing(spark: SparkSession, path: str, exts: Tuple[str, ...], dest: 
     frame = frame.unionByName(rest.select(  # beyond _MAX_STATUS odd files: not asked, reported missing
         "path", F.regexp_extract("path", r"([^/]*)/[^/]*$", 1).alias("label"), "length", "modificationTime",
         F.lit("missing").alias("error")))
-    if dest is None:
-        frame = frame.localCheckpoint(eager=True)
-    else:
-        frame.write.parquet(storage.spark_path(dest))
-        frame = spark.read.parquet(storage.spark_path(dest))
+    frame = _persist(frame, dest)
     return Listing(frame, frame.count(), [], "spark")
+
+
+def _persist(frame: DataFrame, dest: Optional[str]) -> DataFrame:
+    """Compute a listing once: into parquet at ``dest``, else checkpointed in the executors.
+
+    The write's jobs have ended before an interruption or a failure goes on
+    (the run then deletes ``dest``).
+    """
+    from p8utils.spark import jobs_ended_on_exit
+
+    if dest is None:
+        return frame.localCheckpoint(eager=True)
+    spark = frame.sparkSession
+    jobs_ended_on_exit(spark, lambda: frame.write.parquet(storage.spark_path(dest)))
+    return spark.read.parquet(storage.spark_path(dest))
 
 
 _MAX_STATUS = 10_000  # odd files of a Spark listing whose status is asked one by one on the driver
@@ -625,11 +636,7 @@ def _file_list_listing(spark: SparkSession, path: str, exts: Tuple[str, ...], de
         "modificationTime",
         F.lit(None).cast("string").alias("error"),
     )
-    if dest is None:
-        frame = frame.localCheckpoint(eager=True)
-    else:
-        frame.write.parquet(storage.spark_path(dest))
-        frame = spark.read.parquet(storage.spark_path(dest))
+    frame = _persist(frame, dest)
     n = frame.count()
     if n == 0:
         raise ParameterError(f"input={path!r} lists no file with extension {'/'.join(exts)}. Fix: check its 'path' "

@@ -8,15 +8,22 @@ the pipeline needs.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
-__all__ = ["RECOMMENDED_CONF", "get_spark", "ensure_java", "skip_unchanged_zip_rescans", "wait_for_running_tasks"]
+__all__ = [
+    "RECOMMENDED_CONF", "get_spark", "ensure_java", "skip_unchanged_zip_rescans", "wait_for_running_tasks",
+    "jobs_ended_on_exit",
+]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Settings the pipeline relies on. Applied to sessions this module builds;
 #: on EMR the same keys are set by ``bootstrap/configurations.json``.
@@ -160,8 +167,8 @@ def skip_unchanged_zip_rescans() -> None:
     zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]  # novermin
 
 
-def wait_for_running_tasks(spark: SparkSession, timeout_s: float = 15.0) -> bool:
-    """Wait until no task runs on any executor (at most ``timeout_s``); tell whether none runs.
+def wait_for_running_tasks(sc: Any, timeout_s: float = 15.0) -> bool:
+    """Wait until no task of the SparkContext ``sc`` runs (at most ``timeout_s``); tell whether none runs.
 
     A failed or cancelled job returns to the driver while its other tasks are
     still being killed: a Python task can go on for seconds (until
@@ -171,10 +178,9 @@ def wait_for_running_tasks(spark: SparkSession, timeout_s: float = 15.0) -> bool
     import time
 
     deadline = time.monotonic() + timeout_s
-    tracker = spark.sparkContext._jsc.sc().statusTracker()  # the Scala tracker: running tasks per executor
     while True:
         try:
-            running = sum(int(e.numRunningTasks()) for e in tracker.getExecutorInfos())
+            running = _running_tasks(sc)
         except Exception:  # noqa: BLE001 - a stopped context: nothing runs any more
             return True
         if running == 0:
@@ -182,3 +188,92 @@ def wait_for_running_tasks(spark: SparkSession, timeout_s: float = 15.0) -> bool
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
+
+
+def _running_tasks(sc: Any) -> int:
+    """Count the tasks still running (killed tasks run until their cleanup ends).
+
+    In local mode, the executor's thread pool (exact); elsewhere the active
+    jobs plus the status store's running tasks per executor (updated by
+    Spark's listener, so it may lag behind).
+    """
+    if sc.master.startswith("local"):
+        source = sc._jvm.org.apache.spark.executor.Executor.executorSourceLocalModeOnly()
+        if source is not None:
+            return int(source.metricRegistry().getGauges().get("threadpool.activeTasks").getValue())
+    tracker = sc._jsc.sc().statusTracker()
+    return len(tracker.getActiveJobIds()) + sum(int(e.numRunningTasks()) for e in tracker.getExecutorInfos())
+
+
+def jobs_ended_on_exit(spark: SparkSession, call: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """Return ``call()`` (which runs Spark jobs); if it fails or the caller is interrupted, end its jobs first.
+
+    An interrupted Py4J call (Ctrl-C, or SIGTERM turned into an exception)
+    leaves its JVM thread running: a ``DataFrameWriter`` goes on writing,
+    and its job may even start after the interruption cancelled the jobs
+    running then, so a cleanup that follows races with it (Spark's
+    ``_temporary`` folder, part files written after they were deleted).
+    Here ``call`` runs in a thread of its own (:class:`pyspark.InheritableThread`:
+    the caller's job group and properties, its jobs tagged), and the caller
+    waits. If the wait is interrupted, the tagged jobs are cancelled (again
+    every half second: jobs the call starts meanwhile) until ``call`` has
+    returned; whether it raised or was interrupted, the tasks still being
+    killed are waited for (:func:`wait_for_running_tasks`), all within
+    ``timeout_s``, and then the exception goes on.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    call : callable
+        No arguments; runs the jobs and returns their result.
+    timeout_s : float
+        The most this waits after a failure or an interruption.
+
+    Returns
+    -------
+    object
+        What ``call`` returned.
+    """
+    import threading
+    import time
+    import uuid
+
+    from pyspark import InheritableThread
+
+    sc = spark.sparkContext
+    tag = f"p8utils-{uuid.uuid4().hex}"
+    outcome: Dict[str, object] = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can mark a running thread stopped (3.11)
+
+    def target() -> None:
+        sc.addJobTag(tag)
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    InheritableThread(target, name="p8utils-spark-jobs", daemon=True).start()
+    try:
+        while not done.wait(0.2):  # a signal handler's exception reaches the caller here
+            pass
+    except BaseException:
+        deadline = time.monotonic() + timeout_s
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                sc.cancelJobsWithTag(tag)
+            except Exception:  # noqa: BLE001 - a stopped context: nothing runs any more
+                break
+            done.wait(0.5)
+        if not done.is_set():
+            log.warning("Spark jobs still ran %.0f s after the interruption", timeout_s)
+        elif not wait_for_running_tasks(sc, max(0.0, deadline - time.monotonic())):
+            log.warning("Spark tasks still ran %.0f s after the interruption", timeout_s)
+        raise
+    if "error" in outcome:
+        if not wait_for_running_tasks(sc, timeout_s):
+            log.warning("Spark tasks still ran %.0f s after the job failed; what they write is deleted later",
+                        timeout_s)
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

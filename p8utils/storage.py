@@ -698,8 +698,12 @@ def write_bytes(uri: str, data: bytes, spark: Optional[SparkSession] = None) -> 
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except BaseException:  # a full disk, an interruption: no half-written temporary file left
+            tmp.unlink(missing_ok=True)
+            raise
         return
     if is_s3(uri):
         _, bucket, key = split_s3(uri)

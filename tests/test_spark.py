@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -85,3 +87,55 @@ def test_worker_tasks_skip_the_rescans(spark):
     expected = 0 if (3, 10) <= sys.version_info[:2] < (3, 12) else None
     reads = spark.sparkContext.parallelize([0, 1], 2).mapPartitions(probe).collect()
     assert len(reads) == 2 and (expected is None or reads == [0, 0])
+
+
+def _slow_rows(spark, n: int = 40):
+    """``n`` rows in 2 partitions, each taking 0.2 s in a Python UDF (tasks that take a while to kill)."""
+    from pyspark.sql import functions as F
+
+    slow = F.udf(lambda x: (__import__("time").sleep(0.2), x)[1], "long")
+    return spark.range(0, n, numPartitions=2).select(slow("id").alias("id"))
+
+
+def test_an_interrupted_write_has_ended_before_the_interruption_goes_on(spark, tmp_path):
+    import signal
+    import threading
+
+    from p8utils.spark import _running_tasks, jobs_ended_on_exit
+
+    dest = tmp_path / "out"
+    frame = _slow_rows(spark)
+    spark.sparkContext.setJobDescription("the caller's description")
+    # Python's own handler: a KeyboardInterrupt, nothing cancelled (PySpark's handler cancels every job)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    main = threading.main_thread().ident
+    timer = threading.Timer(2.0, signal.pthread_kill, (main, signal.SIGINT))  # Ctrl-C while the tasks run
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            jobs_ended_on_exit(spark, lambda: frame.write.parquet(str(dest)))
+        running = _running_tasks(spark.sparkContext)
+        shutil.rmtree(dest, ignore_errors=True)  # the run's clean-up (Spark may leave an empty _temporary/0/_temporary)
+        time.sleep(3)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, handler)
+        spark.sparkContext.setJobDescription(None)
+    assert running == 0, "the cancelled tasks have ended"
+    assert not dest.exists(), "nothing of the write came after the clean-up (it went on: part files, _SUCCESS)"
+
+
+def test_jobs_ended_on_exit_returns_the_result_or_raises_the_failure(spark):
+    from p8utils.spark import _running_tasks, jobs_ended_on_exit
+
+    frame = _slow_rows(spark, 4)
+    assert jobs_ended_on_exit(spark, frame.count) == 4
+    spark.sparkContext.setLocalProperty("p8utils.test", "inherited")
+    try:
+        seen = jobs_ended_on_exit(spark, lambda: spark.sparkContext.getLocalProperty("p8utils.test"))
+    finally:
+        spark.sparkContext.setLocalProperty("p8utils.test", None)
+    assert seen == "inherited", "the caller's local properties (job group, pool) hold in the call's thread"
+    with pytest.raises(ZeroDivisionError):
+        jobs_ended_on_exit(spark, lambda: 1 / 0)
+    assert _running_tasks(spark.sparkContext) == 0

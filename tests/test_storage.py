@@ -28,6 +28,19 @@ def test_local_roundtrip(tmp_path):
     storage.delete(str(tmp_path / "absent"))  # no error
 
 
+def test_an_interrupted_local_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"before")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_bytes(str(target), b"after")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"] and target.read_bytes() == b"before"
+
+
 def test_hadoop_filesystem_branch(spark, tmp_path, monkeypatch):
     """The JVM FileSystem branch (what s3:// takes on EMR), exercised on file:// URIs."""
     monkeypatch.setattr(storage, "is_local", lambda uri: False)

@@ -38,7 +38,7 @@ from p8utils.protocol.rowcheck import (
     check_rows_arrow,
     rows_per_file,
 )
-from p8utils.spark import wait_for_running_tasks
+from p8utils.spark import jobs_ended_on_exit
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -106,8 +106,15 @@ class ActiveRun:
         """Append ``frame`` to the table's folder as new part files (Spark names them uniquely); return their names."""
         lay = self.layout.with_spark(frame.sparkSession)
         before = set(lay.part_files(table))
-        frame.write.mode("append").option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false").parquet(
-            storage.spark_path(getattr(lay, table)))  # no _SUCCESS: the manifest is the mark of a complete table
+        writer = frame.write.mode("append").option("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
+        try:  # no _SUCCESS: the manifest is the mark of a complete table
+            jobs_ended_on_exit(frame.sparkSession, lambda: writer.parquet(storage.spark_path(getattr(lay, table))))
+        except BaseException:  # a write that completed while the run was being interrupted: the run deletes it too
+            try:
+                self._written[table].extend(sorted(set(lay.part_files(table)) - before))
+            except Exception as exc:  # noqa: BLE001 - the write's own error goes on; the next run deletes them
+                log.warning("could not list %s after the failed write: %s", getattr(lay, table), exc)
+            raise
         new = sorted(set(lay.part_files(table)) - before)
         self._written[table].extend(new)
         return new
@@ -142,12 +149,7 @@ class ActiveRun:
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        try:
-            found = files.select("file", "token").collect()
-        except BaseException:  # the job failed or was interrupted: let its other tasks end before the clean-up
-            if not wait_for_running_tasks(files.sparkSession):
-                log.warning("tasks still ran 15 s after the job ended; the next run deletes what they stage")
-            raise
+        found = jobs_ended_on_exit(files.sparkSession, files.select("file", "token").collect)
         named = sorted((row["file"], row["token"]) for row in found)
         self._written[table].extend(name for name, _ in named)  # before publishing: a failure deletes them
         folder = getattr(self.layout, table)
@@ -228,8 +230,8 @@ class ActiveRun:
         for kind, data in (("model", model), ("moments", moments)):
             if data is not None:
                 name = f"_{kind}-{self.run_id}.npz"
+                self._fit_files[kind] = name  # before the write: an interrupted write is deleted with the run
                 self.layout.with_spark(spark).store.write_bytes(self.layout.file("pca", name), data)
-                self._fit_files[kind] = name
         self._rows["pca"] = rows_per_file(self.staged_pca(spark))
         if expected_rows is not None:
             check_pca_rows(self._rows["pca"], expected_rows, self.layout.root)
