@@ -10,7 +10,8 @@ configuration ``engine:size`` (default: ``tflite`` and ``tflite-int8`` at every 
 2. **pipeline throughput**: :func:`p8utils.pipeline.run` (list → read → decode → featurize →
    parquet → row check → PCA → commit); the headline figure is its ``featurize`` stage (read →
    features parquet, what the seeds' method does too), the whole run without the weight loading is
-   reported next to it;
+   reported next to it; with ``--s3`` also from an ``s3://`` copy of the input served by moto on
+   this machine (its CPU measured apart), with ``--s3-uri`` from a prefix of a real bucket;
 3. **fidelity** of each configuration's features to the fp32-224 ones (``tflite:224``) on the same
    files: per-image cosine similarity (median, 1st percentile, minimum), and for int8 also to fp32
    at the same size; a **linear probe** (:func:`p8utils.probe.linear_probe`: held-out accuracy and
@@ -58,7 +59,8 @@ from p8utils.featurize import DEFAULT_BATCH_SIZE, FEATURES_TYPE
 from p8utils.images import decode_image
 
 __all__ = ["calibration_images", "cosine_stats", "engine_decode_limit", "main", "pca_fit_times", "pipeline_throughput",
-           "prepare_input", "probe_scores", "raw_throughput", "seeds_throughput", "synthetic_features"]
+           "prepare_input", "probe_scores", "raw_throughput", "s3_input", "seeds_throughput", "synthetic_features",
+           "upload_input"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 _REPO_SAMPLE = _ROOT / "data_sample"
@@ -100,6 +102,54 @@ def prepare_input(source: Path, min_images: int, workdir: Path) -> Path:
 _S3_INPUT = "s3://p8-bench/input"
 
 
+def upload_input(folder: Path, uri: str, client: Any = None) -> int:
+    """Copy every file below ``folder`` under the S3 prefix ``uri`` (16 at a time); return how many were sent.
+
+    Keys are ``<uri>/<path relative to folder>``; a key that exists with the same size is kept, so a
+    second benchmark on the same prefix uploads nothing. ``client``: a boto3 S3 client (default: the
+    usual AWS chain: environment, profile, an EC2/EMR node's instance profile).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+
+    client = client or boto3.client("s3")
+    bucket, _, prefix = uri[len("s3://"):].rstrip("/").partition("/")
+    base = f"{prefix}/" if prefix else ""
+    there: Dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+        there.update((o["Key"], o["Size"]) for o in page.get("Contents", []))
+    files = [(f, base + f.relative_to(folder).as_posix()) for f in sorted(folder.rglob("*")) if f.is_file()]
+    todo = [(f, key) for f, key in files if there.get(key) != f.stat().st_size]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda item: client.put_object(Bucket=bucket, Key=item[1], Body=item[0].read_bytes()), todo))
+    return len(todo)
+
+
+def s3_input(folder: Path, uri: Optional[str], emulate: bool) -> contextlib.AbstractContextManager:
+    """Return the context of the S3 input: ``--s3-uri`` (a real bucket), ``--s3`` (the emulator), or none.
+
+    Entering it yields ``(uri, emulator)``: the input's ``s3://`` prefix (None without S3) and the
+    emulator's process (None unless emulated).
+    """
+    if uri and emulate:
+        raise SystemExit("bench: --s3 and --s3-uri exclude each other. Fix: --s3 for the emulator on this machine, "
+                         "--s3-uri s3://bucket/prefix for a bucket of yours")
+    if not uri:
+        return s3_copy(folder) if emulate else contextlib.nullcontext((None, None))
+    if not uri.startswith("s3://") or len(uri.rstrip("/")) <= len("s3://"):
+        raise SystemExit(f"bench: --s3-uri {uri!r} is not an s3://bucket/prefix URI. Fix: e.g. --s3-uri "
+                         "s3://my-bucket/p8bench/input (the benchmark uploads its input there)")
+    try:
+        sent = upload_input(folder, uri)
+    except Exception as exc:  # noqa: BLE001 - no credentials, access denied, no such bucket: say so and stop
+        raise SystemExit(f"bench: could not upload the input to {uri} ({type(exc).__name__}: {exc}). Fix: AWS "
+                         "credentials that may list and write that prefix (an EMR node's instance profile, "
+                         "AWS_PROFILE), and an existing bucket") from exc
+    print(f"bench: input in {uri} ({sent} objects uploaded, the rest were there already)", flush=True)
+    return contextlib.nullcontext((uri.rstrip("/"), None))
+
+
 @contextlib.contextmanager
 def s3_copy(folder: Path) -> Iterator[Tuple[str, psutil.Process]]:
     """Serve a copy of ``folder`` from moto's S3 server on 127.0.0.1 (``--s3``); yield its URI and the server.
@@ -126,7 +176,7 @@ def s3_copy(folder: Path) -> Iterator[Tuple[str, psutil.Process]]:
         raise SystemExit(f"bench: --s3 could not start moto's server ({exc}). Fix: make install") from exc
     os.environ.update(env)
     try:
-        bucket, _, prefix = _S3_INPUT[len("s3://"):].partition("/")
+        bucket = _S3_INPUT[len("s3://"):].partition("/")[0]
         client = boto3.client("s3", endpoint_url=url, region_name=env["AWS_DEFAULT_REGION"])
         deadline = time.monotonic() + 60
         while True:
@@ -137,12 +187,7 @@ def s3_copy(folder: Path) -> Iterator[Tuple[str, psutil.Process]]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("bench: moto's server did not start. Fix: make install (moto[server])") from None
                 time.sleep(0.2)
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda f: client.put_object(Bucket=bucket, Key=f"{prefix}/{f.relative_to(folder).as_posix()}",
-                                                      Body=f.read_bytes()), files))
+        upload_input(folder, _S3_INPUT, client)
         yield _S3_INPUT, psutil.Process(server.pid)
     finally:
         server.terminate()
@@ -572,7 +617,11 @@ def _table(result: Dict[str, Any]) -> str:
             lines.append(f"  {name}: engine+decode limit {r['engine_decode_limit_img_per_s']:.1f} img/s "
                          f"({result['cores']} cores / (engine + decode) per image), pipeline / limit "
                          f"{r['pipeline_over_limit']:.2f}")
-            if "s3_pipeline_over_limit" in r:
+            if "s3_pipeline_over_limit" in r and "s3_emulator_cores" not in r:
+                s3 = result["configs"][name]["pipeline_s3"]
+                lines.append(f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
+                             f"{r['s3_pipeline_over_limit']:.2f}")
+            elif "s3_pipeline_over_limit" in r:
                 s3 = result["configs"][name]["pipeline_s3"]
                 lines.append(f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
                              f"{r['s3_pipeline_over_limit']:.2f}; the emulator used "
@@ -726,6 +775,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--s3", action="store_true",
                         help="also run each configuration's pipeline on an s3:// copy of the input, served by moto's "
                         "S3 server on this machine (its CPU is measured and reported apart)")
+    parser.add_argument("--s3-uri", default=None,
+                        help="also run each configuration's pipeline from this S3 prefix (s3://bucket/prefix) of a "
+                        "real bucket: the input is uploaded there (objects already there with the same size are "
+                        "kept), with this machine's AWS credentials (on EMR, the node's instance profile)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default runs/bench-*.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -744,7 +797,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         folder = prepare_input(args.input, args.min_images, work)
         distinct_only = folder != args.input  # repeated copies: probe the first copy of each photo only
-        s3_input, emulator = stack.enter_context(s3_copy(folder)) if args.s3 else (None, None)
+        s3_uri, emulator = stack.enter_context(s3_input(folder, args.s3_uri, args.s3))
         spark = get_spark(args.master, app_name="p8utils-bench",
                           conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
         cores = spark.sparkContext.defaultParallelism
@@ -777,13 +830,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_params = dict(weights=args.weights, engine=engine, image_size=size, batch_size=args.batch_size, k=10)
             entry["pipeline"] = pipeline_throughput(spark, folder, work / "runs" / name.replace(":", "-"),
                                                     args.repeats, args.warmups, **run_params)
-            if emulator is not None:
-                before = _cpu_s(emulator)
+            if s3_uri is not None:
+                before = _cpu_s(emulator) if emulator is not None else 0.0
                 s3_out = work / "runs" / (name.replace(":", "-") + "-s3")
-                entry["pipeline_s3"] = pipeline_throughput(spark, s3_input, s3_out, args.repeats, args.warmups,
+                entry["pipeline_s3"] = pipeline_throughput(spark, s3_uri, s3_out, args.repeats, args.warmups,
                                                            **run_params)
-                runs_done = entry["pipeline_s3"]["images"] * (args.repeats + args.warmups)
-                entry["pipeline_s3"]["emulator_cpu_ms_per_image"] = 1000 * (_cpu_s(emulator) - before) / runs_done
+                if emulator is not None:
+                    runs_done = entry["pipeline_s3"]["images"] * (args.repeats + args.warmups)
+                    entry["pipeline_s3"]["emulator_cpu_ms_per_image"] = 1000 * (_cpu_s(emulator) - before) / runs_done
             # the engine again after the pipeline: the limit is the mean of both, so a drift of this VM's speed
             # during the pipeline's runs moves both sides of the ratio
             entry["raw_after"] = raw_throughput(bundle, engine, x, args.batch_size, args.repeats, cores, calibration)
@@ -821,7 +875,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result: Dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform(), **cpu_int8()},
-            "master": args.master, "cores": cores, "s3_input": s3_input,
+            "master": args.master, "cores": cores, "s3_input": s3_uri, "s3_emulated": emulator is not None,
             "images": ref["pipeline"]["images"], "input": str(args.input),
             "batch_size": args.batch_size, "repeats": args.repeats, "weights": bundles[sizes[0]].source,
             "reference": _name(*_REFERENCE), "probe_seeds": seeds_list, "probe_n_test": ref["probe"]["n_test"],
@@ -882,9 +936,12 @@ def _ratios(result: Dict[str, Any]) -> Dict[str, Any]:
                      "engine_decode_limit_img_per_s": limit, "pipeline_over_limit": pipe / limit}
         if "pipeline_s3" in c:
             s3 = c["pipeline_s3"]
+            out[name]["s3_pipeline_over_limit"] = s3["img_per_s"] / limit
+            if "emulator_cpu_ms_per_image" not in s3:  # a real bucket: its servers are not on these cores
+                continue
             # the emulator serves its GETs on the same cores: what it used, it took from the pipeline
             emulator_cores = s3["emulator_cpu_ms_per_image"] * s3["img_per_s"] / 1000
-            out[name].update(s3_pipeline_over_limit=s3["img_per_s"] / limit, s3_emulator_cores=emulator_cores,
+            out[name].update(s3_emulator_cores=emulator_cores,
                              s3_pipeline_over_limit_on_cores_left=s3["img_per_s"] / (
                                  limit * max(result["cores"] - emulator_cores, 1e-9) / result["cores"]))
     fastest = result.get("fastest_within_probe")

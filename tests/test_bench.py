@@ -67,8 +67,8 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
     assert set(result) == {"machine", "master", "cores", "images", "input", "batch_size", "repeats", "weights",
                            "reference", "probe_seeds", "probe_n_test", "probe_distinct_photos_only", "configs",
                            "fastest_within_probe", "profile_ms_per_image_one_core", "spark_io_noop", "pca", "memory",
-                           "seeds", "ratios", "targets", "s3_input", "sample_run"}
-    assert result["s3_input"] == "s3://p8-bench/input"
+                           "seeds", "ratios", "targets", "s3_input", "s3_emulated", "sample_run"}
+    assert result["s3_input"] == "s3://p8-bench/input" and result["s3_emulated"] is True
     machine = result["machine"]
     assert {"cpus", "python", "platform", "cpu_model", "cpu_flags", "int8_can_gain"} <= set(machine)
     if machine["cpu_flags"]:  # Linux: the int8 verdict follows from the flags it read
@@ -256,6 +256,64 @@ def test_bench_table_prints_the_json(bench_run):
     marks = {True: "ok  ", False: "MISS", None: "n/a "}
     for t in result["targets"]:
         assert f"  [{marks[t['met']]}] {t['what']}: {t['value']}" in stdout.splitlines(), t
+
+
+@pytest.mark.slow
+def test_a_real_bucket_has_no_emulator_figures(bench_run):
+    """--s3-uri: the same S3 runs without the emulator's CPU: the ratio to the limit only, in the JSON and the table."""
+    bench = _load_bench()
+    result, _ = bench_run
+    result = json.loads(json.dumps(result))
+    result["s3_input"], result["s3_emulated"] = "s3://my-bucket/p8bench/input", False
+    for c in result["configs"].values():
+        del c["pipeline_s3"]["emulator_cpu_ms_per_image"]
+    result["ratios"] = bench._ratios(result)
+    result["targets"] = bench._targets(result)
+    lines = bench._table(result).splitlines()
+    for name in QUICK_CONFIGS:
+        r, s3 = result["ratios"][name], result["configs"][name]["pipeline_s3"]
+        assert {"s3_emulator_cores", "s3_pipeline_over_limit_on_cores_left"}.isdisjoint(r)
+        assert _close(r["s3_pipeline_over_limit"], s3["img_per_s"] / r["engine_decode_limit_img_per_s"])
+        assert (f"  {name}: from s3://my-bucket/p8bench/input {s3['img_per_s']:.1f} img/s, / limit "
+                f"{r['s3_pipeline_over_limit']:.2f}") in lines, name
+        assert any(t["what"] == f"{name} pipeline / engine+decode limit >= 0.9, s3://my-bucket/p8bench/input"
+                   for t in result["targets"])
+    assert not any("emulator" in line for line in lines)
+
+
+def test_upload_input_sends_only_what_the_prefix_lacks(s3, tmp_path, sample_dir):
+    import boto3
+
+    bench = _load_bench()
+    folder = tmp_path / "in"
+    files = sorted(sample_dir.rglob("*.jpg"))[:5]
+    for f in files:
+        (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / f.parent.name / f.name).write_bytes(f.read_bytes())
+    bucket = s3.bucket()
+    uri = f"s3://{bucket}/bench/input/"
+    assert bench.upload_input(folder, uri) == 5
+    client = boto3.client("s3")
+    keys = {o["Key"]: o["Size"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {f"bench/input/{f.parent.name}/{f.name}": f.stat().st_size for f in files}
+    assert bench.upload_input(folder, uri) == 0, "a second run on the same prefix uploads nothing"
+    changed = folder / files[0].parent.name / files[0].name
+    changed.write_bytes(b"other")
+    assert bench.upload_input(folder, uri) == 1
+    assert client.get_object(Bucket=bucket, Key=f"bench/input/{files[0].parent.name}/{files[0].name}")[
+        "Body"].read() == b"other"
+
+
+@pytest.mark.parametrize("uri, emulate, says", [
+    ("s3://b/p", True, "--s3 and --s3-uri exclude each other"),
+    ("/data/fruits", False, "is not an s3://bucket/prefix URI"),
+    ("s3://", False, "is not an s3://bucket/prefix URI"),
+])
+def test_s3_input_refuses_what_it_cannot_use(tmp_path, uri, emulate, says):
+    bench = _load_bench()
+    with pytest.raises(SystemExit, match=says) as err:
+        bench.s3_input(tmp_path, uri, emulate)
+    assert "Fix:" in str(err.value)
 
 
 def test_prepare_input_repeats_to_the_minimum(tmp_path, sample_dir):
