@@ -52,7 +52,7 @@ from p8utils.runs import INCREMENTAL_KEY, IncrementalPlan, PartTally, RunOutcome
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark import Accumulator
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 __all__ = ["FEATURE_COLUMNS", "INCREMENTAL_KEY", "MODEL_PARAMETERS", "RunResult", "max_feature_files", "project", "run"]
 
@@ -566,9 +566,7 @@ def _stage_features(
         if listing.reader == "spark":
             active.write_features(_unread_rows(listing, staged))
     if not active.written["features"]:  # nothing new and nothing rewritten: an empty file stands for the run
-        active.write_features(todo.where(F.lit(False)).select(
-            "path", "label", F.lit(None).cast("array<float>").alias("features"), "error", "length",
-            "modificationTime"))
+        active.write_features(_rows_without_features(todo.where(F.lit(False))))
     return active.staged_features(spark)
 
 
@@ -592,8 +590,7 @@ def _featurize_listed(config: RunConfig, listing: images.Listing, todo: DataFram
     from pyspark.sql import functions as F
 
     spark = todo.sparkSession
-    failed = todo.where(F.col("error").isNotNull()).select(
-        "path", "label", F.lit(None).cast("array<float>").alias("features"), "error", "length", "modificationTime")
+    failed = _rows_without_features(todo.where(F.col("error").isNotNull()))
     good = todo.where(F.col("error").isNull())
     if listing.reader == "python":  # each Python worker reads its files: only paths travel
         feats = featurize(good.drop("error").repartition(tasks), bundle, input_col="path", **args)
@@ -632,6 +629,21 @@ def _unread_rows(listing: images.Listing, staged: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     absent = listing.frame.join(staged.select("path"), "path", "left_anti")
-    return absent.select(
-        "path", "label", F.lit(None).cast("array<float>").alias("features"),
-        F.when(F.col("length") == 0, "empty").otherwise("missing").alias("error"), "length", "modificationTime")
+    return _rows_without_features(absent, F.when(F.col("length") == 0, "empty").otherwise("missing"))
+
+
+def _rows_without_features(listed: DataFrame, error: Optional[Column] = None) -> DataFrame:
+    """Project listed files to :data:`FEATURE_COLUMNS` with null features: rows for files that were not featurized.
+
+    Parameters
+    ----------
+    listed : pyspark.sql.DataFrame
+        ``path``, ``label``, ``length``, ``modificationTime`` and, unless
+        ``error`` is given, ``error``.
+    error : pyspark.sql.Column, optional
+        The reason of each row (default: the ``error`` column).
+    """
+    from pyspark.sql import functions as F
+
+    return listed.select("path", "label", F.lit(None).cast("array<float>").alias("features"),
+                         (F.col("error") if error is None else error).alias("error"), "length", "modificationTime")
