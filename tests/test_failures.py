@@ -362,6 +362,29 @@ def test_ctrl_c_to_the_process_group_exits_130_and_keeps_the_previous_output(kin
 
 @pytest.mark.jvm
 @pytest.mark.slow
+def test_ctrl_c_while_the_pca_scores_are_written_keeps_the_previous_output(committed, sample_dir, tmp_path):
+    """The signal lands in Spark's write of the PCA scores (its ``pca/_temporary`` exists): the write's job must have
+    ended before the run cleans up, or it goes on in the JVM and leaves ``_temporary`` (CI, 2026-12-03)."""
+    out = tmp_path / "committed"
+    shutil.copytree(committed, out)
+    before, manifest = _tree(out), (out / "manifest.json").read_bytes()
+    proc = _cli(*_run_args(sample_dir, out, "--mode", "overwrite"))
+    deadline = time.monotonic() + 300
+    while not (out / "pca" / "_temporary").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the PCA scores were never written"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.splitlines()[-1].startswith(INTERRUPTED), stderr[-3000:]
+    time.sleep(2)  # what a write still going on would leave behind by now
+    _assert_cleaned(out)
+    assert _tree(out) == before and (out / "manifest.json").read_bytes() == manifest
+
+
+@pytest.mark.jvm
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TARGETS)
 def test_sigterm_to_the_process_exits_143_and_leaves_nothing(kind, request, tmp_path, sample_dir):
     if kind == "local":
