@@ -12,9 +12,10 @@ import logging
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
 __all__ = [
@@ -167,7 +168,7 @@ def skip_unchanged_zip_rescans() -> None:
     zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]  # novermin
 
 
-def wait_for_running_tasks(sc: Any, timeout_s: float = 15.0) -> bool:
+def wait_for_running_tasks(sc: SparkContext, timeout_s: float = 15.0) -> bool:
     """Wait until no task of the SparkContext ``sc`` runs (at most ``timeout_s``); tell whether none runs.
 
     A failed or cancelled job returns to the driver while its other tasks are
@@ -190,7 +191,7 @@ def wait_for_running_tasks(sc: Any, timeout_s: float = 15.0) -> bool:
         time.sleep(0.1)
 
 
-def _running_tasks(sc: Any) -> int:
+def _running_tasks(sc: SparkContext) -> int:
     """Count the tasks still running (killed tasks run until their cleanup ends).
 
     In local mode, the executor's thread pool (exact); elsewhere the active
@@ -205,7 +206,7 @@ def _running_tasks(sc: Any) -> int:
     return len(tracker.getActiveJobIds()) + sum(int(e.numRunningTasks()) for e in tracker.getExecutorInfos())
 
 
-def jobs_ended_on_exit(spark: SparkSession, call: Callable[[], T], timeout_s: float = 30.0) -> T:
+def jobs_ended_on_exit(spark: SparkSession, call: Callable[[], T], timeout_s: float = 15.0) -> T:
     """Return ``call()`` (which runs Spark jobs); if it fails or the caller is interrupted, end its jobs first.
 
     An interrupted Py4J call (Ctrl-C, or SIGTERM turned into an exception)
