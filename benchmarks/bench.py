@@ -617,17 +617,15 @@ def _table(result: Dict[str, Any]) -> str:
             lines.append(f"  {name}: engine+decode limit {r['engine_decode_limit_img_per_s']:.1f} img/s "
                          f"({result['cores']} cores / (engine + decode) per image), pipeline / limit "
                          f"{r['pipeline_over_limit']:.2f}")
-            if "s3_pipeline_over_limit" in r and "s3_emulator_cores" not in r:
+            if "s3_pipeline_over_limit" in r:
                 s3 = result["configs"][name]["pipeline_s3"]
-                lines.append(f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
-                             f"{r['s3_pipeline_over_limit']:.2f}")
-            elif "s3_pipeline_over_limit" in r:
-                s3 = result["configs"][name]["pipeline_s3"]
-                lines.append(f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
-                             f"{r['s3_pipeline_over_limit']:.2f}; the emulator used "
-                             f"{s3['emulator_cpu_ms_per_image']:.2f} CPU ms per image "
+                line = (f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
+                        f"{r['s3_pipeline_over_limit']:.2f}")
+                if "s3_emulator_cores" in r:  # --s3: the emulator shared the cores
+                    line += (f"; the emulator used {s3['emulator_cpu_ms_per_image']:.2f} CPU ms per image "
                              f"({r['s3_emulator_cores']:.2f} of the {result['cores']} cores): / the "
                              f"limit on the cores it left {r['s3_pipeline_over_limit_on_cores_left']:.2f}")
+                lines.append(line)
     for name, c in result["configs"].items():
         for key, where in (("pipeline", "local"), ("pipeline_s3", "s3")):
             if key in c:
