@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from p8utils.spark import RECOMMENDED_CONF, get_spark
+from p8utils.spark import LOCAL_CONF, RECOMMENDED_CONF, get_spark
 
 
 def test_returns_the_active_session(spark):
@@ -22,6 +22,13 @@ def test_local_session_settings(spark):
         assert conf.get(key) == value, key
     assert spark.sparkContext.master == "local[2]"
     assert os.environ["PYSPARK_PYTHON"] == sys.executable
+
+
+def test_a_local_sessions_jvm_compiles_with_c1_only(spark):
+    """LOCAL_CONF reaches the JVM this process launched (not only Spark's conf)."""
+    assert LOCAL_CONF["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1"
+    args = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in args, args
 
 
 def test_workers_run_this_interpreter(spark):
