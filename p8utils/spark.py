@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
 __all__ = [
-    "LOCAL_CONF", "RECOMMENDED_CONF", "get_spark", "ensure_java", "skip_unchanged_zip_rescans", "wait_for_running_tasks",
-    "jobs_ended_on_exit",
+    "LOCAL_CONF", "RECOMMENDED_CONF", "get_spark", "ensure_java", "skip_unchanged_zip_rescans",
+    "wait_for_running_tasks", "jobs_ended_on_exit",
 ]
 
 T = TypeVar("T")
