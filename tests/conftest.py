@@ -40,8 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 #: standalone cluster) compiles with C1 only: they live seconds to minutes, where C2's compile threads cost more
 #: CPU than they save. A CLI run on data_sample/ took 23.2-24.6 s wall with it, 27.6-29.3 s without; on the 240
 #: real photos 23.2/22.8 s against 35.6/26.6 s (each pair alternated in one session).
-#: The product leaves the JIT alone (a long local run keeps C2). The JVM notes the variable on stderr, which
-#: the CLI sends to the run's log. An already set JAVA_TOOL_OPTIONS is kept.
+#: The product does the same for the local sessions it launches (``p8utils.spark.LOCAL_CONF``); this variable also
+#: covers the JVMs it does not (spark-submit, the standalone cluster, Livy sessions). The JVM notes the variable on
+#: stderr, which the CLI sends to the run's log. An already set JAVA_TOOL_OPTIONS is kept.
 JVM_TEST_OPTIONS = "-XX:TieredStopAtLevel=1"
 os.environ.setdefault("JAVA_TOOL_OPTIONS", JVM_TEST_OPTIONS)
 #: The S3A jars go on every test JVM's class path, appended (Spark's launcher reads ``SPARK_DIST_CLASSPATH``): the
