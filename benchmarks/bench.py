@@ -6,7 +6,9 @@ configuration ``engine:size`` (default: ``tflite`` and ``tflite-int8`` at every 
 
 1. **raw engine throughput**: the engine alone on pre-decoded, preprocessed batches, as one
    process using every core and as one single-threaded process per core (the better of the two is
-   the engine's limit);
+   the engine's limit); with the decode's CPU cost, the **engine+decode limit** each pipeline
+   figure is divided by, measured right before and right after that configuration's local runs
+   (and again after its S3 runs: their limit is measured around them);
 2. **pipeline throughput**: :func:`p8utils.pipeline.run` (list → read → decode → featurize →
    parquet → row check → PCA → commit); the headline figure is its ``featurize`` stage (read →
    features parquet, what the seeds' method does too), the whole run without the weight loading is
@@ -58,9 +60,9 @@ from p8utils.config import RunConfig
 from p8utils.featurize import DEFAULT_BATCH_SIZE, FEATURES_TYPE
 from p8utils.images import decode_image
 
-__all__ = ["calibration_images", "cosine_stats", "engine_decode_limit", "main", "pca_fit_times", "pipeline_throughput",
-           "prepare_input", "probe_scores", "raw_throughput", "s3_input", "seeds_throughput", "synthetic_features",
-           "upload_input"]
+__all__ = ["calibration_images", "cosine_stats", "engine_decode_limit", "limit_measure", "main", "pca_fit_times",
+           "pipeline_throughput", "prepare_input", "probe_scores", "raw_throughput", "s3_input", "seeds_throughput",
+           "synthetic_features", "upload_input"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 _REPO_SAMPLE = _ROOT / "data_sample"
@@ -319,6 +321,21 @@ def raw_throughput(bundle: models.WeightsBundle, engine: str, x: np.ndarray, bat
         times = pool.apply(_one_process, (spec, payload, engine, x, batch_size, repeats, cores))
     one = statistics.median(len(x) / t for t in times)
     return {"one_process": one, "per_core": per_core, "best": max(one, per_core)}
+
+
+def limit_measure(bundle: models.WeightsBundle, engine: str, x: np.ndarray, files: Sequence[Path], batch_size: int,
+                  repeats: int, cores: int, calibration: Optional[np.ndarray] = None) -> Tuple[Dict[str, float], float]:
+    """Measure both sides of the engine+decode limit now.
+
+    Returns
+    -------
+    (dict, float)
+        :func:`raw_throughput` on ``x``, and the decode + resize + preprocess
+        milliseconds per image on one core (:func:`cpu_profile` of ``files``).
+    """
+    raw = raw_throughput(bundle, engine, x, batch_size, repeats, cores, calibration)
+    profile = cpu_profile(files, bundle.spec, batch_size, repeats)
+    return raw, profile["decode_resize_ms"] + profile["preprocess_ms"]
 
 
 def _one_process(spec: models.ModelSpec, payload: Any, engine: str, x: np.ndarray, batch_size: int, repeats: int,
@@ -620,7 +637,8 @@ def _table(result: Dict[str, Any]) -> str:
             if "s3_pipeline_over_limit" in r:
                 s3 = result["configs"][name]["pipeline_s3"]
                 line = (f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
-                        f"{r['s3_pipeline_over_limit']:.2f}")
+                        f"{r['s3_pipeline_over_limit']:.2f} (limit {r['s3_engine_decode_limit_img_per_s']:.1f} img/s "
+                        "around these runs)")
                 if "s3_emulator_cores" in r:  # --s3: the emulator shared the cores
                     line += (f"; the emulator used {s3['emulator_cpu_ms_per_image']:.2f} CPU ms per image "
                              f"({r['s3_emulator_cores']:.2f} of the {result['cores']} cores): / the "
@@ -824,11 +842,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 entry["int8_prepare_s"] = time.perf_counter() - start
                 entry["int8_from_cache"] = set(os.listdir(engines.cache_dir())) == before
             x = _preprocessed(files[: args.raw_images], bundle.spec)
-            entry["raw"] = raw_throughput(bundle, engine, x, args.batch_size, args.repeats, cores, calibration)
+            entry["decode_ms"] = {}
+            # the engine and the decode right before and after each set of runs (_LIMIT_MEASURES): this VM's speed
+            # drifts by up to a quarter within one size's runs
+            limit_args = (bundle, engine, x, files[: args.raw_images], args.batch_size, args.repeats, cores,
+                          calibration)
+            entry["raw"], entry["decode_ms"]["raw"] = limit_measure(*limit_args)
             run_params = dict(weights=args.weights, engine=engine, image_size=size, batch_size=args.batch_size, k=10)
             entry["pipeline"] = pipeline_throughput(spark, folder, work / "runs" / name.replace(":", "-"),
                                                     args.repeats, args.warmups, **run_params)
             if s3_uri is not None:
+                entry["raw_between"], entry["decode_ms"]["raw_between"] = limit_measure(*limit_args)
                 before = _cpu_s(emulator) if emulator is not None else 0.0
                 s3_out = work / "runs" / (name.replace(":", "-") + "-s3")
                 entry["pipeline_s3"] = pipeline_throughput(spark, s3_uri, s3_out, args.repeats, args.warmups,
@@ -836,12 +860,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if emulator is not None:
                     runs_done = entry["pipeline_s3"]["images"] * (args.repeats + args.warmups)
                     entry["pipeline_s3"]["emulator_cpu_ms_per_image"] = 1000 * (_cpu_s(emulator) - before) / runs_done
-            # the engine again after the pipeline: the limit is the mean of both, so a drift of this VM's speed
-            # during the pipeline's runs moves both sides of the ratio
-            entry["raw_after"] = raw_throughput(bundle, engine, x, args.batch_size, args.repeats, cores, calibration)
+            entry["raw_after"], entry["decode_ms"]["raw_after"] = limit_measure(*limit_args)
             entry["python_worker_peak_mb"] = memory_snapshot()["python_worker_peak_mb"]
             results[name] = entry
-            print(f"bench: {name}: raw {entry['raw']['best']:.1f} / {entry['raw_after']['best']:.1f} (before / after), "
+            print(f"bench: {name}: raw " + " / ".join(f"{entry[k]['best']:.1f}" for k in _LIMIT_MEASURES if k in entry)
+                  + f" ({' / '.join(w for k, w in _LIMIT_MEASURES.items() if k in entry)}), "
                   f"pipeline {entry['pipeline']['img_per_s']:.1f} img/s"
                   + (f", from s3:// {entry['pipeline_s3']['img_per_s']:.1f}" if "pipeline_s3" in entry else ""),
                   flush=True)
@@ -905,18 +928,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def engine_decode_limit(result: Dict[str, Any], config: Dict[str, Any]) -> float:
+#: When a configuration's engine and decode are measured: before its local runs, between them and its S3 runs
+#: (with an S3 input), after its last runs.
+_LIMIT_MEASURES = {"raw": "before", "raw_between": "between", "raw_after": "after"}
+
+
+def engine_decode_limit(result: Dict[str, Any], config: Dict[str, Any], runs: str = "pipeline") -> float:
     """Return what the cores can do if only the engine and the decode ran, img/s: cores / (engine + decode s).
 
     The engine's seconds per image on one core come from its ``cores`` × 1
-    thread measure (``cores / per_core``; the mean of the measures before and
-    after the pipeline's runs, ``raw`` and ``raw_after``); the decode's
-    (decode + resize + preprocess) from the one-core profile at its size.
+    thread measure (``cores / per_core``), the decode's (decode + resize +
+    preprocess) from a one-core profile at its size, each the mean of the
+    measures taken right before and right after ``runs`` (``"pipeline"``, the
+    local runs, or ``"pipeline_s3"``): ``raw`` and ``raw_between`` for the local
+    runs when S3 runs followed them (else ``raw_after``), ``raw_between`` and
+    ``raw_after`` for the S3 runs. A JSON of before 2026-12-03 (no
+    ``raw_between``, no ``decode_ms``): ``raw`` and ``raw_after``, and the
+    benchmark's one profile at that size.
     """
     cores = result["cores"]
-    p = result["profile_ms_per_image_one_core"][str(config["size"])]
-    per_core = statistics.mean(config[k]["per_core"] for k in ("raw", "raw_after") if k in config)
-    return cores / (cores / per_core + (p["decode_resize_ms"] + p["preprocess_ms"]) / 1000)
+    around = {"pipeline": ("raw", "raw_between" if "raw_between" in config else "raw_after"),
+              "pipeline_s3": ("raw_between" if "raw_between" in config else "raw", "raw_after")}[runs]
+    per_core = statistics.mean(config[k]["per_core"] for k in around if k in config)
+    if "decode_ms" in config:
+        decode_ms = statistics.mean(config["decode_ms"][k] for k in around if k in config["decode_ms"])
+    else:
+        p = result["profile_ms_per_image_one_core"][str(config["size"])]
+        decode_ms = p["decode_resize_ms"] + p["preprocess_ms"]
+    return cores / (cores / per_core + decode_ms / 1000)
 
 
 def _ratios(result: Dict[str, Any]) -> Dict[str, Any]:
@@ -933,15 +972,16 @@ def _ratios(result: Dict[str, Any]) -> Dict[str, Any]:
                                                         - configs[result["reference"]]["probe"]["mean_accuracy"]),
                      "engine_decode_limit_img_per_s": limit, "pipeline_over_limit": pipe / limit}
         if "pipeline_s3" in c:
-            s3 = c["pipeline_s3"]
-            out[name]["s3_pipeline_over_limit"] = s3["img_per_s"] / limit
+            s3, s3_limit = c["pipeline_s3"], engine_decode_limit(result, c, "pipeline_s3")
+            out[name].update(s3_engine_decode_limit_img_per_s=s3_limit,
+                             s3_pipeline_over_limit=s3["img_per_s"] / s3_limit)
             if "emulator_cpu_ms_per_image" not in s3:  # a real bucket: its servers are not on these cores
                 continue
             # the emulator serves its GETs on the same cores: what it used, it took from the pipeline
             emulator_cores = s3["emulator_cpu_ms_per_image"] * s3["img_per_s"] / 1000
             out[name].update(s3_emulator_cores=emulator_cores,
                              s3_pipeline_over_limit_on_cores_left=s3["img_per_s"] / (
-                                 limit * max(result["cores"] - emulator_cores, 1e-9) / result["cores"]))
+                                 s3_limit * max(result["cores"] - emulator_cores, 1e-9) / result["cores"]))
     fastest = result.get("fastest_within_probe")
     out["fastest_within_probe"] = {"config": fastest, "over_seeds": out[fastest]["pipeline_over_seeds"]
                                    if fastest else None}

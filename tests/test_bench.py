@@ -61,6 +61,13 @@ def bench_run(tmp_path_factory, sample_dir):
     return json.loads(out.read_text()), proc.stdout
 
 
+def _limit_between(result: dict, config: dict, first: str, second: str) -> float:
+    """The engine+decode limit from the engine and the decode measured right before and right after some runs."""
+    per_core = (config[first]["per_core"] + config[second]["per_core"]) / 2
+    decode_s = (config["decode_ms"][first] + config["decode_ms"][second]) / 2 / 1000
+    return result["cores"] / (result["cores"] / per_core + decode_s)
+
+
 @pytest.mark.slow
 def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
     result, _ = bench_run
@@ -80,15 +87,17 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
     ref = configs["tflite:224"]
     for name, c in configs.items():
         int8 = c["engine"] == "tflite-int8"
-        expected = {"engine", "size", "raw", "raw_after", "pipeline", "pipeline_s3", "python_worker_peak_mb", "probe"}
+        expected = {"engine", "size", "raw", "raw_between", "raw_after", "decode_ms", "pipeline", "pipeline_s3",
+                    "python_worker_peak_mb", "probe"}
         expected |= {"int8_prepare_s", "int8_from_cache", "cosine_vs_fp32_same_size"} if int8 else set()
         expected |= {"cosine_vs_reference"} if name != "tflite:224" else set()
         assert set(c) == expected, name
         assert f"{c['engine']}:{c['size']}" == name
         raw, pipe, pr = c["raw"], c["pipeline"], c["probe"]
-        for measure in (raw, c["raw_after"]):
+        for measure in (raw, c["raw_between"], c["raw_after"]):  # before the local runs, before the S3 runs, after
             assert set(measure) == {"one_process", "per_core", "best"}
             assert measure["best"] == max(measure["one_process"], measure["per_core"]) > 0
+        assert set(c["decode_ms"]) == {"raw", "raw_between", "raw_after"} and min(c["decode_ms"].values()) > 0
         for run in (pipe, c["pipeline_s3"]):
             assert run["images"] == RUN_IMAGES and len(run["timings_s"]) == 1, name  # one timed run
             timings = run["timings_s"][0]
@@ -118,15 +127,16 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
         pipe = c["pipeline"]["img_per_s"]
         assert set(ratios[name]) == {"pipeline_over_raw", "pipeline_over_fp32_224", "pipeline_over_seeds",
                                      "probe_points_vs_fp32_224", "engine_decode_limit_img_per_s",
-                                     "pipeline_over_limit", "s3_pipeline_over_limit", "s3_emulator_cores",
+                                     "pipeline_over_limit", "s3_engine_decode_limit_img_per_s",
+                                     "s3_pipeline_over_limit", "s3_emulator_cores",
                                      "s3_pipeline_over_limit_on_cores_left"}
-        prof = result["profile_ms_per_image_one_core"][str(c["size"])]
-        per_core = (c["raw"]["per_core"] + c["raw_after"]["per_core"]) / 2  # the engine before and after the runs
-        decode_s = (prof["decode_resize_ms"] + prof["preprocess_ms"]) / 1000
-        limit = result["cores"] / (result["cores"] / per_core + decode_s)
-        assert limit < per_core and _close(ratios[name]["engine_decode_limit_img_per_s"], limit)
+        limit, s3_limit = _limit_between(result, c, "raw", "raw_between"), _limit_between(result, c, "raw_between",
+                                                                                           "raw_after")
+        assert limit < c["raw"]["per_core"] + c["raw_between"]["per_core"]
+        assert _close(ratios[name]["engine_decode_limit_img_per_s"], limit)
         assert _close(ratios[name]["pipeline_over_limit"], pipe / limit)
-        s3 = c["pipeline_s3"]
+        assert _close(ratios[name]["s3_engine_decode_limit_img_per_s"], s3_limit)
+        s3, limit = c["pipeline_s3"], s3_limit
         emulator_cores = s3["emulator_cpu_ms_per_image"] * s3["img_per_s"] / 1000
         assert _close(ratios[name]["s3_pipeline_over_limit"], s3["img_per_s"] / limit)
         assert _close(ratios[name]["s3_emulator_cores"], emulator_cores)
@@ -233,7 +243,8 @@ def test_bench_table_prints_the_json(bench_run):
                 ) in stdout.splitlines(), name
         s3 = configs[name]["pipeline_s3"]
         assert (f"  {name}: from {result['s3_input']} {s3['img_per_s']:.1f} img/s, / limit "
-                f"{r['s3_pipeline_over_limit']:.2f}; the emulator used {s3['emulator_cpu_ms_per_image']:.2f} CPU ms "
+                f"{r['s3_pipeline_over_limit']:.2f} (limit {r['s3_engine_decode_limit_img_per_s']:.1f} img/s around "
+                f"these runs); the emulator used {s3['emulator_cpu_ms_per_image']:.2f} CPU ms "
                 f"per image ({r['s3_emulator_cores']:.2f} of the {result['cores']} cores): / the limit on the cores it "
                 f"left {r['s3_pipeline_over_limit_on_cores_left']:.2f}") in stdout.splitlines(), name
         for key, where in (("pipeline", "local"), ("pipeline_s3", "s3")):
@@ -273,9 +284,10 @@ def test_a_real_bucket_has_no_emulator_figures(bench_run):
     for name in QUICK_CONFIGS:
         r, s3 = result["ratios"][name], result["configs"][name]["pipeline_s3"]
         assert {"s3_emulator_cores", "s3_pipeline_over_limit_on_cores_left"}.isdisjoint(r)
-        assert _close(r["s3_pipeline_over_limit"], s3["img_per_s"] / r["engine_decode_limit_img_per_s"])
+        assert _close(r["s3_pipeline_over_limit"], s3["img_per_s"] / r["s3_engine_decode_limit_img_per_s"])
         assert (f"  {name}: from s3://my-bucket/p8bench/input {s3['img_per_s']:.1f} img/s, / limit "
-                f"{r['s3_pipeline_over_limit']:.2f}") in lines, name
+                f"{r['s3_pipeline_over_limit']:.2f} (limit {r['s3_engine_decode_limit_img_per_s']:.1f} img/s around "
+                "these runs)") in lines, name
         assert any(t["what"] == f"{name} pipeline / engine+decode limit >= 0.9, s3://my-bucket/p8bench/input"
                    for t in result["targets"])
     assert not any("emulator" in line for line in lines)
