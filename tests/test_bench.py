@@ -132,7 +132,7 @@ def test_bench_json_has_every_figure_and_consistent_derived_values(bench_run):
                                      "s3_pipeline_over_limit_on_cores_left"}
         limit, s3_limit = _limit_between(result, c, "raw", "raw_between"), _limit_between(result, c, "raw_between",
                                                                                            "raw_after")
-        assert limit < c["raw"]["per_core"] + c["raw_between"]["per_core"]
+        assert limit < (c["raw"]["per_core"] + c["raw_between"]["per_core"]) / 2  # the decode costs something
         assert _close(ratios[name]["engine_decode_limit_img_per_s"], limit)
         assert _close(ratios[name]["pipeline_over_limit"], pipe / limit)
         assert _close(ratios[name]["s3_engine_decode_limit_img_per_s"], s3_limit)
