@@ -44,7 +44,7 @@ from p8utils.engines import DEFAULT_ENGINE, Predictor, calibration_digest, get_e
 from p8utils.errors import ParameterError
 from p8utils.images import DEFAULT_MAX_PIXELS, decode_image, read_file
 from p8utils.models import ModelSpec, WeightsBundle
-from p8utils.spark import skip_unchanged_zip_rescans
+from p8utils.spark import skip_unchanged_zip_rescans, worker_long_lived
 from p8utils.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,9 +82,10 @@ def _get_predictor(spec: ModelSpec, payload_fn: Callable[[], object], version: s
     key = (spec, version, engine, threads)
     predictor = _PREDICTORS.get(key)
     if predictor is None:
-        _PREDICTORS.clear()
-        predictor = get_engine(engine).build(spec, payload_fn(), threads)
-        _PREDICTORS[key] = predictor
+        with worker_long_lived():  # in a Spark task: the engine and the modules it loaded leave the collector's scans
+            _PREDICTORS.clear()
+            predictor = get_engine(engine).build(spec, payload_fn(), threads)
+            _PREDICTORS[key] = predictor
         if builds is not None:
             builds.add(1)
     return predictor

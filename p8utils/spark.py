@@ -8,11 +8,13 @@ the pipeline needs.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Mapping, Optional, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark import SparkContext
@@ -20,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LOCAL_CONF", "RECOMMENDED_CONF", "get_spark", "ensure_java", "skip_unchanged_zip_rescans",
-    "wait_for_running_tasks", "jobs_ended_on_exit",
+    "worker_long_lived", "wait_for_running_tasks", "jobs_ended_on_exit",
 ]
 
 T = TypeVar("T")
@@ -178,6 +180,34 @@ def skip_unchanged_zip_rescans() -> None:
 
     invalidate_caches._p8utils = True  # type: ignore[attr-defined]
     zipimport.zipimporter.invalidate_caches = invalidate_caches  # type: ignore[method-assign]  # novermin
+
+
+@contextlib.contextmanager
+def worker_long_lived() -> Iterator[None]:
+    """Build a Python worker's long-lived objects (its engine) inside: the cyclic collector then skips them.
+
+    PySpark's daemon runs ``gc.collect()`` in a reused worker after every
+    task; with TF Lite, NumPy, pyarrow and PIL loaded (75,000 tracked
+    objects) that full collection took 30-50 ms per task on this project's
+    2-core machine, with the task's core idle for Spark: 3 % of a featurization
+    task at 96 px. On leaving, everything alive in the worker is moved to the
+    permanent generation (:func:`gc.freeze`), after one collection so that no
+    garbage is kept; the collector only scans what later tasks create.
+    Reference counting still frees frozen objects; on entering, what an earlier
+    call froze is unfrozen, so that an engine replaced inside can be collected.
+
+    Outside a Spark task (the driver, a notebook) it does nothing: the caller's
+    objects are not the worker's to freeze.
+    """
+    from pyspark import TaskContext
+
+    if TaskContext.get() is None:
+        yield
+        return
+    gc.unfreeze()
+    yield
+    gc.collect()
+    gc.freeze()
 
 
 def wait_for_running_tasks(sc: SparkContext, timeout_s: float = 15.0) -> bool:

@@ -288,3 +288,31 @@ def test_featurize_to_files_refuses_other_stores_and_missing_columns(spark, samp
         featurize_to_files(frame, offline_bundle, "/tmp/x", "part-x", ["path", "features", "error"], {"engine": "x"})
     with pytest.raises(ParameterError, match="batch_size"):
         FeaturizeSettings(batch_size=0)
+
+
+def test_a_workers_engine_is_built_as_long_lived(monkeypatch):
+    """_get_predictor builds the engine inside worker_long_lived (frozen for the collector in a Spark task), once."""
+    import contextlib
+
+    from p8utils import featurize as module
+
+    inside, built = [], []
+
+    @contextlib.contextmanager
+    def long_lived():
+        inside.append(True)
+        yield
+        inside.append(False)
+
+    class Stub:
+        def build(self, spec, payload, threads):
+            built.append(inside[-1])
+            return lambda x: x
+
+    monkeypatch.setattr(module, "worker_long_lived", long_lived)
+    monkeypatch.setattr(module, "get_engine", lambda name: Stub())
+    monkeypatch.setattr(module, "_PREDICTORS", {})
+    first = module._get_predictor("spec", lambda: b"", "v1", "stub", 1)
+    assert module._get_predictor("spec", lambda: b"", "v1", "stub", 1) is first  # cached: no second build
+    module._get_predictor("spec", lambda: b"", "v2", "stub", 1)
+    assert built == [True, True] and inside == [True, False, True, False]

@@ -96,6 +96,46 @@ def test_worker_tasks_skip_the_rescans(spark):
     assert len(reads) == 2 and (expected is None or reads == [0, 0])
 
 
+def test_worker_long_lived_objects_leave_the_collectors_scans_until_replaced(spark):
+    """In a task: what is alive after the block is frozen (a full collection skips it, even a dead cycle of it);
+    the next block unfreezes, so what it replaced is collected on leaving."""
+    def probe(_):
+        import gc
+        import weakref
+
+        from p8utils.spark import worker_long_lived
+
+        class Engine:
+            pass
+
+        with worker_long_lived():
+            engine = Engine()
+            engine.me = engine  # a cycle: only the collector can free it
+        frozen, listed = gc.get_freeze_count(), any(o is engine for o in gc.get_objects())
+        ref = weakref.ref(engine)
+        del engine
+        gc.collect()
+        kept = ref() is not None  # frozen: a full collection (PySpark's after each task) skips it
+        with worker_long_lived():
+            pass  # the engine is replaced by nothing: it must not stay frozen
+        collected = ref() is None
+        gc.unfreeze()
+        yield frozen > 0, listed, kept, collected
+
+    assert spark.sparkContext.parallelize([0], 1).mapPartitions(probe).collect() == [(True, False, True, True)]
+
+
+def test_worker_long_lived_freezes_nothing_outside_a_task():
+    import gc
+
+    from p8utils.spark import worker_long_lived
+
+    before = gc.get_freeze_count()
+    with worker_long_lived():
+        made = [object()]
+    assert gc.get_freeze_count() == before and made
+
+
 def _slow_rows(spark, n: int = 40):
     """``n`` rows in 2 partitions, each taking 0.2 s in a Python UDF (tasks that take a while to kill)."""
     from pyspark.sql import functions as F
