@@ -196,12 +196,11 @@ def worker_long_lived() -> Iterator[None]:
     Reference counting still frees frozen objects; on entering, what an earlier
     call froze is unfrozen, so that an engine replaced inside can be collected.
 
-    Outside a Spark task (the driver, a notebook) it does nothing: the caller's
-    objects are not the worker's to freeze.
+    Outside a Spark task (the driver, a notebook, a process without PySpark) it
+    does nothing: the caller's objects are not the worker's to freeze.
     """
-    from pyspark import TaskContext
-
-    if TaskContext.get() is None:
+    pyspark = sys.modules.get("pyspark")  # a task's worker has it loaded; p8utils runs without it too (`check`)
+    if pyspark is None or pyspark.TaskContext.get() is None:
         yield
         return
     gc.unfreeze()

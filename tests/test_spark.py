@@ -125,11 +125,14 @@ def test_worker_long_lived_objects_leave_the_collectors_scans_until_replaced(spa
     assert spark.sparkContext.parallelize([0], 1).mapPartitions(probe).collect() == [(True, False, True, True)]
 
 
-def test_worker_long_lived_freezes_nothing_outside_a_task():
+@pytest.mark.parametrize("pyspark", ["loaded", "not installed"])
+def test_worker_long_lived_freezes_nothing_outside_a_task(monkeypatch, pyspark):
     import gc
 
     from p8utils.spark import worker_long_lived
 
+    if pyspark == "not installed":  # the bootstrap's `python -m p8utils check` runs without PySpark
+        monkeypatch.setitem(sys.modules, "pyspark", None)
     before = gc.get_freeze_count()
     with worker_long_lived():
         made = [object()]
