@@ -43,7 +43,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -164,38 +164,64 @@ def _tflite_interpreter_class():  # noqa: ANN202 - an Interpreter class
     return Interpreter
 
 
+#: Elements in one TFLite invocation's largest activation (its rows × that tensor's elements per image). XNNPACK
+#: ran fastest per image on slices this size: two single-threaded processes on 2 AMD EPYC cores, ms per image at
+#: 96 / 128 / 160 / 224 px (largest tensor 221 k / 393 k / 614 k / 1.2 M elements), fp32: 0.77 / 1.34 / 1.94 / 3.81 on
+#: slices of 7 / 4 / 2 / 1 rows (or near them) against 0.99 / 2.02 / 2.72 / 5.36 on 64; int8: 0.32 / 0.55 / 0.89 / 1.78
+#: against 0.35 / 0.62 / 1.02 / 2.02. Larger slices spill the activations out of the core's caches.
+_TFLITE_SLICE_ELEMENTS = 3 << 19
+
+
+def _tflite_rows(interpreter: object, threads: int) -> int:
+    """Rows per invocation: :data:`_TFLITE_SLICE_ELEMENTS` over the largest per-image tensor, times ``threads``.
+
+    The per-image tensors are those whose shape signature has a free batch
+    dimension (-1); the weights have none. XNNPACK splits an invocation
+    across ``threads``, so each thread gets about one slice's worth (one
+    process with 2 threads at 96 px: 2,324 img/s on 14 rows, 1,796 on 64).
+    """
+    sizes = [int(np.prod(d["shape_signature"][1:])) for d in interpreter.get_tensor_details()  # type: ignore[attr-defined]
+             if len(d["shape_signature"]) and d["shape_signature"][0] == -1]
+    return max(1, _TFLITE_SLICE_ELEMENTS // max(sizes, default=1)) * max(1, threads)
+
+
 def _tflite_build(spec: ModelSpec, flatbuffer: object, threads: int) -> Predictor:
     """TFLite interpreters (XNNPACK, ``threads`` threads) for the flatbuffer.
 
-    Resizing an interpreter's input re-plans the XNNPACK runtime, so one
-    interpreter keeps the size of full batches and a second one serves the
-    shorter last chunk of a partition.
+    A batch runs in slices of :func:`_tflite_rows` rows on one interpreter
+    sized for them, and what is left (fewer rows) one image at a time on a
+    second one: resizing an interpreter's input re-plans the XNNPACK runtime
+    (up to 50 ms at 96 px), so neither is ever resized after its first use.
     """
     w, h = spec.input_size
-    interpreters: Dict[str, List] = {}
-    full = {"n": 0}
+    interpreters: Dict[int, Tuple[object, int, int]] = {}
+    rows = {"slice": 0}
 
-    def run(slot: str, batch: np.ndarray) -> np.ndarray:
-        n = int(batch.shape[0])
-        if slot not in interpreters:
+    def interpreter(n: int) -> Tuple[object, int, int]:
+        if n not in interpreters:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
                 it = _tflite_interpreter_class()(model_content=flatbuffer, num_threads=threads)
-            interpreters[slot] = [it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"], -1]
-        entry = interpreters[slot]
-        it, inp, out, allocated = entry
-        if allocated != n:
+            inp = it.get_input_details()[0]["index"]
             it.resize_tensor_input(inp, [n, h, w, 3])
             it.allocate_tensors()
-            entry[3] = n
-        it.set_tensor(inp, np.ascontiguousarray(batch, dtype=np.float32))
-        it.invoke()
-        return it.get_tensor(out).copy()
+            interpreters[n] = (it, inp, it.get_output_details()[0]["index"])
+        return interpreters[n]
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        n = int(batch.shape[0])
-        full["n"] = max(full["n"], n)
-        return run("full" if n == full["n"] else "tail", batch)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not rows["slice"]:
+            rows["slice"] = _tflite_rows(interpreter(1)[0], threads)
+        out = np.empty((len(batch), spec.width), dtype=np.float32)
+        start = 0
+        while start < len(batch):
+            n = rows["slice"] if len(batch) - start >= rows["slice"] else 1
+            it, inp, res = interpreter(n)
+            it.set_tensor(inp, batch[start: start + n])  # type: ignore[attr-defined]
+            it.invoke()  # type: ignore[attr-defined]
+            out[start: start + n] = it.get_tensor(res)  # type: ignore[attr-defined]
+            start += n
+        return out
 
     return predict
 

@@ -65,6 +65,47 @@ def test_keras_predictor_equals_one_model_call_on_a_large_batch(sample_dir, offl
     rel = np.linalg.norm(feats - direct, axis=1) / np.linalg.norm(direct, axis=1)
     assert np.abs(direct).mean() > 0.05 and rel.max() <= 1e-5
 
+def test_tflite_runs_slices_that_fit_the_caches_and_never_resizes(sample_dir, offline_bundle, monkeypatch):
+    """Slices of _tflite_rows rows, the rest one image at a time, two interpreters sized once: the same features."""
+    from PIL import Image
+
+    spec = offline_bundle.spec
+    flatbuffer = engines.payload(offline_bundle, "tflite")
+    interpreter_class = engines._tflite_interpreter_class()
+    made, resized = [], []
+
+    class Counting(interpreter_class):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            made.append(self)
+
+        def resize_tensor_input(self, index, shape, **kwargs):
+            resized.append(list(shape))
+            return super().resize_tensor_input(index, shape, **kwargs)
+
+    monkeypatch.setattr(engines, "_tflite_interpreter_class", lambda: Counting)
+    x = spec.preprocess(np.stack([np.asarray(Image.open(f).convert("RGB").resize(spec.input_size, Image.BICUBIC))
+                                  for f in image_files(sample_dir)[:5]]))
+    # 224 px: the largest per-image tensor is the first expansion, 112 x 112 x 96
+    assert engines._TFLITE_SLICE_ELEMENTS // (112 * 112 * 96) == 1
+    predict = engines.get_engine("tflite").build(spec, flatbuffer, 2)
+    assert engines._tflite_rows(Counting(model_content=flatbuffer), 2) == 2
+    made.clear()
+    got = [predict(x), predict(x[:3]), predict(x[:1])]  # 2 + 2 + 1, 2 + 1, 1
+    assert len(made) == 2 and sorted(resized) == [[1, 224, 224, 3], [2, 224, 224, 3]]
+    whole = interpreter_class(model_content=flatbuffer, num_threads=1)
+    index = whole.get_input_details()[0]["index"]
+    whole.resize_tensor_input(index, list(x.shape))
+    whole.allocate_tensors()
+    whole.set_tensor(index, x)
+    whole.invoke()
+    ref = whole.get_tensor(whole.get_output_details()[0]["index"])
+    assert got[0].shape == (5, spec.width) and got[0].dtype == np.float32 and np.abs(ref).mean() > 0.05
+    np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[1], got[0][:3])
+    np.testing.assert_array_equal(got[2], got[0][:1])
+
+
 _WORKER = """
 import json, sys
 if sys.argv[2] == "block":  # EMR's Python 3.9 has no ai_edge_litert wheel
