@@ -158,10 +158,13 @@ def test_workers_featurize_s3_objects_at_the_drivers_endpoint(s3_spark, s3, samp
         np.testing.assert_allclose(np.asarray(row.features, np.float32), clean.features[i], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cores", [1, 2])
 @pytest.mark.parametrize("prefix,remote", [("s3://b/in/Kiwi/", True), ("/data/in/Kiwi/", False)])
-def test_remote_objects_are_read_many_at_once_local_files_one_by_one(monkeypatch, sample_dir, prefix, remote):
-    """A task reads a chunk's S3 objects REMOTE_READS_AT_ONCE at a time (a GET's latency is not paid image after
-    image), local files one by one; every row still gets its own file's features, in order."""
+def test_remote_objects_are_read_many_at_once_local_files_one_by_one(monkeypatch, sample_dir, prefix, remote, cores):
+    """A task reads a chunk's S3 objects REMOTE_READS_AT_ONCE at a time, the next chunk's while the engine runs (a
+    GET's latency is not paid image after image), local files one by one; with one core the files are decoded in
+    the task's thread, with more in a decode thread while the engine runs; every row gets its own file's features,
+    in order."""
     import threading
     import time
 
@@ -170,10 +173,11 @@ def test_remote_objects_are_read_many_at_once_local_files_one_by_one(monkeypatch
     from p8utils.models import get_spec
 
     photos = [f.read_bytes() for f in image_files(sample_dir)[:4]]
-    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "started": 0}
 
     def slow_read(path, endpoint=None):
         with lock:
+            state["started"] += 1
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
         time.sleep(0.02)  # a GET's latency
@@ -183,21 +187,34 @@ def test_remote_objects_are_read_many_at_once_local_files_one_by_one(monkeypatch
 
     monkeypatch.setattr(featurize_module, "read_file", slow_read)
     spec = get_spec("mobilenet_v2", 96)
-    seen = []
+    seen, started_by_predict_end, decoders = [], [], set()
+    real_decode = featurize_module.decode_image
+
+    def decode(*args, **kwargs):
+        decoders.add(threading.current_thread().name)
+        return real_decode(*args, **kwargs)
 
     def predict(batch):
+        time.sleep(0.03)  # the engine's time: the next chunk's reads overlap it
+        started_by_predict_end.append(state["started"])
         seen.extend(batch.mean(axis=(1, 2, 3)).tolist())
         return np.repeat(batch.mean(axis=(1, 2, 3))[:, None], spec.width, axis=1).astype(np.float32)
 
+    monkeypatch.setattr(featurize_module, "decode_image", decode)
     features, errors = featurize_module._featurize_arrays([f"{prefix}{i}.jpg" for i in range(40)], spec, predict, 32,
-                                                          DEFAULT_MAX_PIXELS)
+                                                          DEFAULT_MAX_PIXELS, cores=cores)
     assert errors == [None] * 40 and features.shape == (40, spec.width)
     means = [float(v[0]) for v in features]
     assert means[:4] == means[4:8] and len(set(means[:4])) == 4, "row i has photo i % 4's features"
     if remote:
         assert featurize_module.REMOTE_READS_AT_ONCE // 2 <= state["most"] <= featurize_module.REMOTE_READS_AT_ONCE
+        assert started_by_predict_end[0] == 40, "the second chunk's objects are read while the engine runs on the first"
     else:
         assert state["most"] == 1
+    if cores == 1:
+        assert decoders == {threading.current_thread().name}
+    else:
+        assert len(decoders) == 1 and decoders.isdisjoint({threading.current_thread().name})
 
 
 def _listing_with_bad_files(spark, tmp_path, sample_dir, n_good=5):
