@@ -189,8 +189,8 @@ def worker_long_lived() -> Iterator[None]:
     PySpark's daemon runs ``gc.collect()`` in a reused worker after every
     task; with TF Lite, NumPy, pyarrow and PIL loaded (75,000 tracked
     objects) that full collection took 30-50 ms per task on this project's
-    2-core machine, with the task's core idle for Spark: 3 % of a featurization
-    task at 96 px. On leaving, everything alive in the worker is moved to the
+    2-core machine, while the task slot waited for the worker: 3 % of a
+    featurization task at 96 px. On leaving, everything alive in the worker is moved to the
     permanent generation (:func:`gc.freeze`), after one collection so that no
     garbage is kept; the collector only scans what later tasks create.
     Reference counting still frees frozen objects; on entering, what an earlier
