@@ -37,10 +37,15 @@ def free_port() -> int:
 
 
 def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (none once it has exited: its /proc entry may vanish while being read)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
     kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    for task in threads:
         try:
-            kids += [int(c) for c in (task / "children").read_text().split()]
+            kids += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
         except OSError:
             pass
     return kids
