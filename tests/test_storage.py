@@ -166,6 +166,65 @@ def test_s3_read_of_a_missing_key_raises_file_not_found(s3):
         storage.read_object("s3://no-such-bucket-p8/x.jpg", s3.url)
 
 
+def test_s3_read_is_one_presigned_get_and_get_object_takes_over_what_it_does_not_answer(s3, monkeypatch):
+    """read_object: one presigned GET per object, odd keys included, without botocore's get_object; a redirect
+    (another region) sends the bucket to get_object for good, a short body or an error is asked again."""
+    from botocore.awsrequest import AWSResponse
+
+    bucket = s3.bucket()
+    keys = ["in/Apple Red 1/r_0#1.jpg", "in/a+b %20 ü/x?y=1&z.jpg", "in/~tilde/'q'.jpg"]
+    for i, k in enumerate(keys):
+        s3.client.put_object(Bucket=bucket, Key=k, Body=bytes([i]) * 5000)
+    client = storage.s3_client(s3.url)
+    calls = []
+    real_get_object = client.get_object
+    monkeypatch.setattr(client, "get_object", lambda **kw: calls.append(kw) or real_get_object(**kw))
+    mark = s3.mark()
+    assert [storage.read_object(f"s3://{bucket}/{k}", s3.url) for k in keys] == [bytes([i]) * 5000 for i in range(3)]
+    assert s3.calls(mark) == {"GetObject": 3} and calls == [], "presigned, one request each"
+    assert all("X-Amz-Signature=" in r["query"] for r in s3.requests(mark)), "Signature Version 4"
+
+    session = client._endpoint.http_session
+    real_send = session.send
+    answers = []  # what the next presigned requests get: a status, or a body shorter than its length
+
+    def send(request):
+        response = real_send(request)
+        presigned = "X-Amz-Signature=" in request.url  # get_object's requests carry it in a header
+        kind = answers.pop(0) if answers and presigned else None
+        if kind == "short":
+            return _short(response)
+        if isinstance(kind, int):
+            response.content  # noqa: B018 - read whole: the connection goes back to the pool
+            fake = AWSResponse(response.url, kind, {}, None)
+            fake._content = b"<Error><Code>Redirect or SlowDown</Code></Error>"
+            return fake
+        return response
+
+    def _short(response):
+        body = response.content
+        fake = AWSResponse(response.url, 200, response.headers, None)
+        fake._content = body[:-10]
+        return fake
+
+    monkeypatch.setattr(session, "send", send)
+    answers[:] = ["short", 503]
+    assert storage.read_object(f"s3://{bucket}/{keys[0]}", s3.url) == bytes([0]) * 5000
+    assert storage.read_object(f"s3://{bucket}/{keys[1]}", s3.url) == bytes([1]) * 5000
+    assert [c["Key"] for c in calls] == keys[:2] and bucket not in storage._PRESIGNED_REFUSED
+    monkeypatch.setattr(storage, "_PRESIGNED_REFUSED", set())
+    answers[:] = [301]
+    assert storage.read_object(f"s3://{bucket}/{keys[2]}", s3.url) == bytes([2]) * 5000
+    assert storage._PRESIGNED_REFUSED == {bucket}
+    mark = s3.mark()
+    assert storage.read_object(f"s3://{bucket}/{keys[0]}", s3.url) == bytes([0]) * 5000
+    assert s3.calls(mark) == {"GetObject": 1} and len(calls) == 4, "the redirected bucket: get_object only"
+    other, mark = s3.bucket(), s3.mark()
+    with pytest.raises(FileNotFoundError, match="gone.jpg: NoSuchKey"):
+        storage.read_object(f"s3://{other}/gone.jpg", s3.url)
+    assert s3.calls(mark) == {"GetObject": 1} and len(calls) == 4, "a missing key: one request, no get_object"
+
+
 def test_s3_create_exclusive_is_atomic(s3):
     lease = f"s3://{s3.bucket()}/out/_lease"
     mark = s3.mark()
