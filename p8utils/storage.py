@@ -50,7 +50,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Set, Tuple
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -282,8 +282,9 @@ def read_object(uri: str, endpoint: Optional[str] = None) -> bytes:
     """Read a whole S3 object with one ``GetObject`` (for the workers: pass the driver's endpoint).
 
     The request is a presigned URL sent on the client's HTTP session (:func:`_presigned_get`:
-    a third of ``get_object``'s CPU); whatever that does not answer with the whole object
-    (an error, a redirect) is asked again with ``get_object``, whose errors are raised.
+    1.3-1.7 ms of CPU per object against get_object's 1.9-2.2, 16 threads on moto); whatever
+    that does not answer with the whole object (an error, a redirect) is asked again with
+    ``get_object``, whose errors are raised.
 
     Parameters
     ----------
@@ -322,7 +323,7 @@ def read_object(uri: str, endpoint: Optional[str] = None) -> bytes:
 _PRESIGNED_SECONDS = 300
 #: Buckets whose presigned reads were redirected (a bucket in another region than the client's):
 #: :func:`read_object` reads them with ``get_object``, which follows the redirect, from then on.
-_PRESIGNED_REFUSED: set = set()
+_PRESIGNED_REFUSED: Set[str] = set()
 
 
 def _presigned_get(client: Any, bucket: str, key: str, uri: str) -> Optional[bytes]:
