@@ -740,9 +740,10 @@ def test_incremental_runs_append_replace_delete_and_compact(spark, sample_dir, t
 def test_killed_incremental_run_leaves_the_previous_output_intact(spark, sample_dir, bigger_input, target):
     """kill -9 of an incremental run during its featurization; the next run takes the lease over (on S3 too)."""
     out = target.out("o")
-    # S3: every 4th sample image committed, 64 new ones to kill the run in the middle of (locally 80 and 160)
+    # S3: every 4th sample image committed, 64 new ones to kill the run in the middle of (locally 80 and 320)
     committed_files = image_files(sample_dir) if target.local else image_files(sample_dir)[::4]
-    n_new, per_partition = (160, "16") if target.local else (64, "8")
+    # locally the whole bigger input: 160 new photos were featurized and committed within 2 s on a fast VM
+    n_new, per_partition = (320, "16") if target.local else (64, "8")
     src = target.put("in", committed_files)
     pipeline.run(src, out, weights="offline", k=3, mode="incremental", spark=spark)
     before = _snapshot(out)
@@ -753,7 +754,7 @@ def test_killed_incremental_run_leaves_the_previous_output_intact(spark, sample_
                 env=target.env())
     try:
         _wait_for(lambda: _featurizing(proc, out), 240, "featurization to start")
-        time.sleep(2)
+        time.sleep(0.5)  # into the featurization, well before its end (a fresh clone ran 160 photos in < 2 s)
         assert proc.poll() is None, "the run finished before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
